@@ -1,0 +1,231 @@
+//! The transports behind one crate-private interface: [`amqp`] (RabbitMQ over lapin) and
+//! [`memory`] (an in-process broker with the same semantics for demos and tests).
+//!
+//! `Broker` is an enum rather than a trait object: two variants, static dispatch, and async
+//! methods without boxing.
+
+pub(crate) mod amqp;
+pub(crate) mod memory;
+
+use std::time::Duration;
+
+use crate::error::BrokerError;
+use crate::message::Message;
+
+/// What the broker said about one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Confirm {
+    /// Accepted and routed to at least one queue (or not mandatory).
+    Ack,
+    /// Refused by the broker.
+    Nack,
+    /// Mandatory and routed to no queue.
+    Returned,
+}
+
+/// Queue type (see the cluster docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// Classic durable queue (the default).
+    #[default]
+    Classic,
+    /// Replicated Raft-based queue for clusters.
+    Quorum,
+}
+
+/// A queue to declare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueueSpec {
+    pub(crate) name: String,
+    pub(crate) durable: bool,
+    pub(crate) queue_type: QueueType,
+    /// Where expired/rejected messages go: (exchange, routing key).
+    pub(crate) dead_letter: Option<(String, String)>,
+    /// Per-queue message TTL (retry wait queues).
+    pub(crate) message_ttl: Option<Duration>,
+}
+
+impl QueueSpec {
+    pub(crate) fn durable(name: impl Into<String>, queue_type: QueueType) -> Self {
+        QueueSpec {
+            name: name.into(),
+            durable: true,
+            queue_type,
+            dead_letter: None,
+            message_ttl: None,
+        }
+    }
+}
+
+/// One received message with the means to settle it.
+#[derive(Debug)]
+pub(crate) struct InboundDelivery {
+    pub(crate) message: Message,
+    pub(crate) redelivered: bool,
+    pub(crate) acker: Acker,
+}
+
+/// Settles one delivery.
+#[derive(Debug)]
+pub(crate) enum Acker {
+    Amqp(amqp::AmqpAcker),
+    Memory(memory::MemoryAcker),
+}
+
+impl Acker {
+    /// Acknowledges (the message is done).
+    pub(crate) async fn ack(&self) -> Result<(), BrokerError> {
+        match self {
+            Acker::Amqp(a) => a.ack().await,
+            Acker::Memory(a) => a.ack(),
+        }
+    }
+
+    /// Returns the message to its queue (`requeue`) or drops it.
+    pub(crate) async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
+        match self {
+            Acker::Amqp(a) => a.nack(requeue).await,
+            Acker::Memory(a) => a.nack(requeue),
+        }
+    }
+}
+
+/// A stream of deliveries from one queue.
+#[derive(Debug)]
+pub(crate) enum Consumer {
+    Amqp(amqp::AmqpConsumer),
+    Memory(memory::MemoryConsumer),
+}
+
+impl Consumer {
+    /// The next delivery; `None` when the consumer was cancelled or the broker closed.
+    pub(crate) async fn next(&mut self) -> Option<Result<InboundDelivery, BrokerError>> {
+        match self {
+            Consumer::Amqp(c) => c.next().await,
+            Consumer::Memory(c) => c.next().await.map(Ok),
+        }
+    }
+}
+
+/// Replies to this client's RPC calls, from every responder.
+#[derive(Debug)]
+pub(crate) enum ReplyConsumer {
+    Amqp(amqp::AmqpConsumer),
+    Memory(tokio::sync::mpsc::UnboundedReceiver<Message>),
+}
+
+impl ReplyConsumer {
+    pub(crate) async fn next(&mut self) -> Option<Message> {
+        match self {
+            ReplyConsumer::Amqp(c) => loop {
+                match c.next().await? {
+                    Ok(d) => return Some(d.message),
+                    Err(e) => tracing::warn!(error = %e, "reply consumer error"),
+                }
+            },
+            ReplyConsumer::Memory(r) => r.recv().await,
+        }
+    }
+}
+
+/// A connection to a broker.
+#[derive(Debug, Clone)]
+pub(crate) enum Broker {
+    Amqp(amqp::AmqpBroker),
+    Memory(memory::MemoryBroker),
+}
+
+impl Broker {
+    pub(crate) async fn declare_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.declare_exchange(name).await,
+            Broker::Memory(b) => b.declare_exchange(name),
+        }
+    }
+
+    pub(crate) async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.declare_queue(spec).await,
+            Broker::Memory(b) => b.declare_queue(spec),
+        }
+    }
+
+    pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.bind(queue, exchange, key).await,
+            Broker::Memory(b) => b.bind(queue, exchange, key),
+        }
+    }
+
+    pub(crate) async fn unbind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.unbind(queue, exchange, key).await,
+            Broker::Memory(b) => b.unbind(queue, exchange, key),
+        }
+    }
+
+    /// Publishes and waits for the broker's confirm. `exchange` `""` is the default exchange.
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        mandatory: bool,
+    ) -> Result<Confirm, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.publish(exchange, msg, mandatory).await,
+            Broker::Memory(b) => b.publish(exchange, msg, mandatory),
+        }
+    }
+
+    /// Takes one message off a queue and acknowledges it (basic.get).
+    pub(crate) async fn get(&self, queue: &str) -> Result<Option<Message>, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.get(queue).await,
+            Broker::Memory(b) => b.get(queue),
+        }
+    }
+
+    /// Starts consuming with a prefetch window.
+    pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.consume(queue, prefetch).await.map(Consumer::Amqp),
+            Broker::Memory(b) => b.consume(queue, prefetch).map(Consumer::Memory),
+        }
+    }
+
+    /// Starts the reply consumer of this connection; returns the `reply_to` address to use.
+    pub(crate) async fn reply_consumer(&self) -> Result<(String, ReplyConsumer), BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.reply_consumer().await,
+            Broker::Memory(b) => Ok(b.reply_consumer()),
+        }
+    }
+
+    /// Number of messages ready in a queue (tests, DLQ tools).
+    pub(crate) async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.queue_len(queue).await,
+            Broker::Memory(b) => b.queue_len(queue),
+        }
+    }
+
+    pub(crate) async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.delete_queue(queue).await,
+            Broker::Memory(b) => b.delete_queue(queue),
+        }
+    }
+
+    pub(crate) async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.delete_exchange(name).await,
+            Broker::Memory(b) => b.delete_exchange(name),
+        }
+    }
+
+    pub(crate) async fn close(&self) {
+        if let Broker::Amqp(b) = self {
+            b.close().await;
+        }
+    }
+}

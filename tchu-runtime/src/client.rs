@@ -1,0 +1,352 @@
+//! The client: publishing events and making RPC calls, plus the process's default client that
+//! `event.publish()` and `req.call()` use (set once, like `tracing`'s global subscriber).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::broker::amqp::AmqpBroker;
+use crate::broker::{Broker, Confirm};
+use crate::config::{BrokerUrl, Config};
+use crate::error::{CallError, Error, PublishError};
+use crate::event::Event;
+use crate::message::Message;
+use crate::rpc::Rpc;
+use crate::topic::check_topic;
+use crate::wire::{self, Reply};
+
+/// The id of a published message (the Celery task id in the Celery format).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageId(String);
+
+impl MessageId {
+    fn new() -> Self {
+        MessageId(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The string form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+struct Inner {
+    broker: Broker,
+    config: Config,
+    rpc: tokio::sync::OnceCell<Rpc>,
+}
+
+/// A connection to the broker for publishing and calling. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("broker", &self.inner.config.broker)
+            .field("exchange", &self.inner.config.exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects with the given settings.
+    ///
+    /// # Errors
+    /// The broker cannot be reached.
+    pub async fn connect(config: Config) -> Result<Client, Error> {
+        let broker = match &config.broker {
+            BrokerUrl::Amqp(url) => {
+                let name = config.service.clone().unwrap_or_else(|| "tchu".to_owned());
+                Broker::Amqp(AmqpBroker::connect(url, &name, config.publish_timeout).await?)
+            }
+            BrokerUrl::Memory(m) => Broker::Memory(m.clone()),
+        };
+        broker.declare_exchange(&config.exchange).await?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                broker,
+                config,
+                rpc: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    /// Connects with [`Config::from_env`].
+    ///
+    /// # Errors
+    /// Bad settings or an unreachable broker.
+    pub async fn from_env() -> Result<Client, Error> {
+        Client::connect(Config::from_env()?).await
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// Validates, serializes and publishes a typed event; returns after the broker confirmed.
+    ///
+    /// # Errors
+    /// [`PublishError::Invalid`] (nothing sent), or a broker failure.
+    pub async fn publish_event<E: Event>(&self, event: &E) -> Result<MessageId, PublishError> {
+        validator::Validate::validate(event).map_err(|errors| PublishError::Invalid {
+            topic: E::TOPIC.to_owned(),
+            errors,
+        })?;
+        let json = serde_json::to_vec(event).map_err(|source| PublishError::Encode {
+            topic: E::TOPIC.to_owned(),
+            source,
+        })?;
+        self.publish_json(E::TOPIC, &json).await
+    }
+
+    /// Publishes any serializable payload under `topic` (tchu-tchu's `TchuClient.publish`).
+    ///
+    /// # Errors
+    /// A bad topic, or a broker failure.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        payload: &T,
+    ) -> Result<MessageId, PublishError> {
+        check_topic(topic)?;
+        let json = serde_json::to_vec(payload).map_err(|source| PublishError::Encode {
+            topic: topic.to_owned(),
+            source,
+        })?;
+        self.publish_json(topic, &json).await
+    }
+
+    async fn publish_json(&self, topic: &str, json: &[u8]) -> Result<MessageId, PublishError> {
+        let id = MessageId::new();
+        let mut msg = wire::encode(self.inner.config.format, topic, json, id.as_str(), false);
+        msg.properties.persistent = true;
+        self.send(topic, &msg, false).await?;
+        Ok(id)
+    }
+
+    /// Publishes a prepared message to the exchange and waits for the confirm.
+    pub(crate) async fn send(
+        &self,
+        topic: &str,
+        msg: &Message,
+        mandatory: bool,
+    ) -> Result<Confirm, PublishError> {
+        let c = self
+            .inner
+            .broker
+            .publish(&self.inner.config.exchange, msg, mandatory)
+            .await
+            .map_err(|source| PublishError::Broker {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        if c == Confirm::Nack {
+            return Err(PublishError::Nacked {
+                topic: topic.to_owned(),
+            });
+        }
+        Ok(c)
+    }
+
+    /// Sends a typed request and waits for its typed reply.
+    ///
+    /// # Errors
+    /// Each failure is its own [`CallError`] variant.
+    pub async fn call_event<E: Event>(
+        &self,
+        request: &E,
+        timeout: Option<Duration>,
+    ) -> Result<E::Response, CallError> {
+        validator::Validate::validate(request).map_err(|errors| CallError::Invalid {
+            message: errors.to_string(),
+            errors: Some(errors),
+        })?;
+        let json = serde_json::to_vec(request).map_err(|source| {
+            CallError::Publish(PublishError::Encode {
+                topic: E::TOPIC.to_owned(),
+                source,
+            })
+        })?;
+        let value = self.call_json(E::TOPIC, &json, timeout).await?;
+        E::Response::deserialize(value).map_err(|source| CallError::BadReply {
+            topic: E::TOPIC.to_owned(),
+            source,
+        })
+    }
+
+    /// Sends an untyped request (tchu-tchu's `TchuClient.call`).
+    ///
+    /// # Errors
+    /// Each failure is its own [`CallError`] variant.
+    pub async fn call<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        payload: &T,
+        timeout: Option<Duration>,
+    ) -> Result<serde_json::Value, CallError> {
+        check_topic(topic).map_err(PublishError::from)?;
+        let json = serde_json::to_vec(payload).map_err(|source| {
+            CallError::Publish(PublishError::Encode {
+                topic: topic.to_owned(),
+                source,
+            })
+        })?;
+        self.call_json(topic, &json, timeout).await
+    }
+
+    async fn call_json(
+        &self,
+        topic: &str,
+        json: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<serde_json::Value, CallError> {
+        let timeout = timeout.unwrap_or(self.inner.config.call_timeout);
+        let rpc = self
+            .inner
+            .rpc
+            .get_or_try_init(|| Rpc::start(&self.inner.broker))
+            .await
+            .map_err(|source| PublishError::Broker {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        let id = MessageId::new();
+        let mut msg = wire::encode(self.inner.config.format, topic, json, id.as_str(), true);
+        msg.properties.persistent = false;
+        msg.properties.expiration = Some(timeout);
+        msg.properties.reply_to = Some(rpc.reply_to().to_owned());
+        msg.properties.correlation_id = Some(id.as_str().to_owned());
+        let pending = rpc.register(id.as_str());
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || CallError::Timeout {
+            topic: topic.to_owned(),
+            timeout,
+        };
+        let confirm = tokio::time::timeout_at(deadline, self.send(topic, &msg, true))
+            .await
+            .map_err(|_| timed_out())??;
+        if confirm == Confirm::Returned {
+            return Err(CallError::NoRoute {
+                topic: topic.to_owned(),
+            });
+        }
+        let mut pending = pending;
+        let reply = tokio::time::timeout_at(deadline, &mut pending.reply)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|_| timed_out())?;
+        match wire::decode_reply(&reply) {
+            Ok(Reply::Ok(v)) => Ok(v),
+            Ok(Reply::Remote(e)) => Err(CallError::Remote {
+                code: e.code,
+                message: e.message,
+                details: e.details,
+            }),
+            Ok(Reply::HandlerFailed(message)) => Err(CallError::HandlerFailed { message }),
+            Ok(Reply::Invalid(message)) => Err(CallError::Invalid {
+                message,
+                errors: None,
+            }),
+            Err(e) => Err(CallError::HandlerFailed {
+                message: format!("unreadable reply: {e}"),
+            }),
+        }
+    }
+
+    /// Number of calls of this client waiting for a reply (the pending-call table).
+    pub fn pending_calls(&self) -> usize {
+        self.inner.rpc.get().map_or(0, Rpc::pending_len)
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.inner.broker.close().await;
+    }
+}
+
+use serde::Deserialize as _;
+
+static DEFAULT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();
+
+/// Sets the process's default client. Returns the client back if one was already set.
+///
+/// # Errors
+/// The given client, when a default exists already.
+pub fn set_default(client: Client) -> Result<(), Client> {
+    DEFAULT.set(client).map_err(|e| match e {
+        tokio::sync::SetError::AlreadyInitializedError(c)
+        | tokio::sync::SetError::InitializingError(c) => c,
+    })
+}
+
+/// The default client, connecting from the environment on first use.
+///
+/// # Errors
+/// Bad settings or an unreachable broker.
+pub async fn default_client() -> Result<Client, Error> {
+    DEFAULT.get_or_try_init(Client::from_env).await.cloned()
+}
+
+/// Publishes a typed event with the default client.
+///
+/// # Errors
+/// See [`Client::publish_event`].
+pub async fn publish_event<E: Event>(event: &E) -> Result<MessageId, PublishError> {
+    let c = default_client()
+        .await
+        .map_err(|e| PublishError::NoClient(Box::new(e)))?;
+    c.publish_event(event).await
+}
+
+/// Publishes an untyped payload with the default client.
+///
+/// # Errors
+/// See [`Client::publish`].
+pub async fn publish<T: Serialize + ?Sized>(topic: &str, payload: &T) -> Result<MessageId, PublishError> {
+    let c = default_client()
+        .await
+        .map_err(|e| PublishError::NoClient(Box::new(e)))?;
+    c.publish(topic, payload).await
+}
+
+/// Calls with a typed request on the default client.
+///
+/// # Errors
+/// See [`Client::call_event`].
+pub async fn call_event<E: Event>(request: &E, timeout: Option<Duration>) -> Result<E::Response, CallError> {
+    let c = default_client()
+        .await
+        .map_err(|e| PublishError::NoClient(Box::new(e)))?;
+    c.call_event(request, timeout).await
+}
+
+/// Calls with an untyped request on the default client.
+///
+/// # Errors
+/// See [`Client::call`].
+pub async fn call<T: Serialize + ?Sized>(
+    topic: &str,
+    payload: &T,
+    timeout: Duration,
+) -> Result<serde_json::Value, CallError> {
+    let c = default_client()
+        .await
+        .map_err(|e| PublishError::NoClient(Box::new(e)))?;
+    c.call(topic, payload, Some(timeout)).await
+}

@@ -1,0 +1,315 @@
+//! What a handler receives and returns: the [`Delivery`], the [`FromDelivery`] extractor trait,
+//! and [`Outcome`], the typed result of running a handler.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::error::RpcError;
+use crate::message::Headers;
+use crate::wire::WireFormat;
+
+/// Metadata of one delivery, available to handlers as an argument.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Meta {
+    /// The message id (Celery: the task id).
+    pub message_id: Option<String>,
+    /// The routing key the event was published with (its topic).
+    pub topic: String,
+    /// AMQP headers.
+    pub headers: Headers,
+    /// Whether the broker redelivered this message.
+    pub redelivered: bool,
+    /// 1 on the first try, 2 on the first retry, and so on.
+    pub attempt: u32,
+    /// The correlation id (RPC requests).
+    pub correlation_id: Option<String>,
+    /// When the publisher sent it, if it said.
+    pub published_at: Option<SystemTime>,
+    /// Which wire format carried it.
+    pub format: WireFormat,
+    /// Whether this delivery is an RPC request expecting a reply.
+    pub is_rpc: bool,
+}
+
+/// Shared resources registered on the app builder, looked up by type.
+#[derive(Default, Clone)]
+pub struct StateMap(HashMap<std::any::TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl fmt::Debug for StateMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateMap").field("len", &self.0.len()).finish()
+    }
+}
+
+impl StateMap {
+    pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.0.insert(std::any::TypeId::of::<T>(), Arc::new(value));
+    }
+
+    pub(crate) fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.0
+            .get(&std::any::TypeId::of::<T>())
+            .and_then(|v| Arc::clone(v).downcast::<T>().ok())
+    }
+}
+
+/// One received event as handlers see it, whatever wire format carried it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The event payload (without tchu-tchu's `_tchu_meta`).
+    pub event: serde_json::Value,
+    /// Its metadata.
+    pub meta: Meta,
+    pub(crate) state: Arc<StateMap>,
+    pub(crate) client: Option<crate::client::Client>,
+}
+
+impl Delivery {
+    /// A delivery for unit tests of extractors and handlers.
+    pub fn for_test(topic: &str, event: serde_json::Value) -> Self {
+        Delivery {
+            event,
+            meta: Meta {
+                message_id: None,
+                topic: topic.to_owned(),
+                headers: Headers::new(),
+                redelivered: false,
+                attempt: 1,
+                correlation_id: None,
+                published_at: None,
+                format: WireFormat::Native,
+                is_rpc: false,
+            },
+            state: Arc::default(),
+            client: None,
+        }
+    }
+}
+
+/// Why an extractor refused a delivery. The message is dead-lettered with this reason and
+/// never retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// What kind of refusal.
+    pub kind: RejectionKind,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// The kinds of [`Rejection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// The payload does not deserialize into the handler's type.
+    Decode,
+    /// The payload deserialized but failed validation.
+    Invalid,
+    /// A required context could not be built.
+    Unauthorized,
+    /// A required resource is missing (e.g. a `State<T>` never registered).
+    Missing,
+}
+
+impl Rejection {
+    /// A rejection of the given kind.
+    pub fn new(kind: RejectionKind, reason: impl Into<String>) -> Self {
+        Rejection {
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// A handler argument built from the delivery. Implement it to write your own extractors.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a tchu handler argument",
+    note = "handler arguments are a `#[tchu::event]` type, `serde_json::Value`, `tchu::Meta`, \
+            `tchu::State<T>`, or a type implementing `tchu::FromDelivery`"
+)]
+pub trait FromDelivery: Sized + Send + 'static {
+    /// Builds the argument.
+    ///
+    /// # Errors
+    /// A [`Rejection`]: the delivery is dead-lettered with its reason.
+    fn from_delivery(delivery: &Delivery) -> Result<Self, Rejection>;
+}
+
+impl FromDelivery for serde_json::Value {
+    fn from_delivery(d: &Delivery) -> Result<Self, Rejection> {
+        Ok(d.event.clone())
+    }
+}
+
+impl FromDelivery for Meta {
+    fn from_delivery(d: &Delivery) -> Result<Self, Rejection> {
+        Ok(d.meta.clone())
+    }
+}
+
+/// Decodes and validates a typed event from a delivery; used by `#[tchu::event]` types.
+///
+/// # Errors
+/// [`RejectionKind::Decode`] or [`RejectionKind::Invalid`].
+pub fn extract_event<E: crate::Event>(d: &Delivery) -> Result<E, Rejection> {
+    let e = E::deserialize(&d.event)
+        .map_err(|err| Rejection::new(RejectionKind::Decode, format!("cannot decode `{}`: {err}", std::any::type_name::<E>())))?;
+    validator::Validate::validate(&e)
+        .map_err(|err| Rejection::new(RejectionKind::Invalid, format!("invalid `{}`: {err}", E::TOPIC)))?;
+    Ok(e)
+}
+
+/// A shared resource registered with [`App::state`](crate::App::state), as in axum.
+#[derive(Debug)]
+pub struct State<T>(pub Arc<T>);
+
+impl<T> std::ops::Deref for State<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Send + Sync + 'static> FromDelivery for State<T> {
+    fn from_delivery(d: &Delivery) -> Result<Self, Rejection> {
+        d.state.get::<T>().map(State).ok_or_else(|| {
+            Rejection::new(
+                RejectionKind::Missing,
+                format!(
+                    "no state of type `{}`: register it with `App::state`",
+                    std::any::type_name::<T>()
+                ),
+            )
+        })
+    }
+}
+
+/// A handler error with an explicit retry decision. Any other error type is retried.
+#[derive(Debug, Clone)]
+pub struct HandlerError {
+    message: String,
+    permanent: bool,
+}
+
+impl HandlerError {
+    /// A failure worth retrying.
+    pub fn transient(message: impl fmt::Display) -> Self {
+        HandlerError {
+            message: message.to_string(),
+            permanent: false,
+        }
+    }
+
+    /// A failure that retrying cannot fix: dead-lettered at once.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        HandlerError {
+            message: message.to_string(),
+            permanent: true,
+        }
+    }
+
+    /// Whether this failure skips retries.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+/// How a handler failed.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// It returned an error worth retrying.
+    Transient(String),
+    /// It returned an error marked permanent.
+    Permanent(String),
+    /// It returned a business error for its RPC caller.
+    Remote(RpcError),
+    /// An extractor refused the delivery.
+    Rejected(Rejection),
+    /// It panicked.
+    Panicked(String),
+}
+
+impl Failure {
+    /// Whether a retry could help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Failure::Transient(_) | Failure::Panicked(_))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Transient(m) | Failure::Permanent(m) => f.write_str(m),
+            Failure::Remote(e) => write!(f, "rpc error {e}"),
+            Failure::Rejected(r) => write!(f, "rejected: {r}"),
+            Failure::Panicked(m) => write!(f, "handler panicked: {m}"),
+        }
+    }
+}
+
+/// The result of running a handler once.
+pub type Outcome = Result<serde_json::Value, Failure>;
+
+/// Turns a handler's return value into an [`Outcome`]. Implemented for `Result<T, E>` where `T`
+/// serializes (the RPC reply; `()` for broadcast handlers) and `E` displays.
+#[diagnostic::on_unimplemented(
+    message = "a tchu handler must return `()`, `T` or `Result<T, E>` with `T: Serialize` and `E: Display`",
+    note = "RPC handlers return their request's response type, e.g. `Result<Reply, tchu::RpcError>`"
+)]
+pub trait IntoOutcome {
+    /// Converts.
+    fn into_outcome(self) -> Outcome;
+}
+
+impl<T: Serialize, E: fmt::Display + Send + 'static> IntoOutcome for Result<T, E> {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Ok(v) => serde_json::to_value(v)
+                .map_err(|e| Failure::Permanent(format!("cannot serialize the reply: {e}"))),
+            Err(e) => Err(error_to_failure(e)),
+        }
+    }
+}
+
+fn error_to_failure<E: fmt::Display + 'static>(e: E) -> Failure {
+    let any: &dyn Any = &e;
+    if let Some(rpc) = any.downcast_ref::<RpcError>() {
+        return Failure::Remote(rpc.clone());
+    }
+    if let Some(h) = any.downcast_ref::<HandlerError>() {
+        return if h.permanent {
+            Failure::Permanent(h.message.clone())
+        } else {
+            Failure::Transient(h.message.clone())
+        };
+    }
+    Failure::Transient(e.to_string())
+}
+
+/// Converts an extractor's result; used by generated code.
+///
+/// # Errors
+/// The rejection as a [`Failure`].
+pub fn extracted<T>(r: Result<T, Rejection>) -> Result<T, Failure> {
+    r.map_err(Failure::Rejected)
+}

@@ -1,0 +1,48 @@
+//! The runtime of [tchu](https://docs.rs/tchu): wire formats, brokers, topology, dispatch and
+//! RPC. Users depend on the `tchu` facade, which re-exports what they need from here.
+#![cfg_attr(not(test), warn(clippy::print_stdout))]
+
+mod app;
+pub mod broker;
+mod client;
+mod config;
+mod dispatch;
+mod error;
+mod event;
+mod handler;
+pub mod message;
+mod registry;
+mod retry;
+mod rpc;
+pub mod topic;
+mod topology;
+pub mod wire;
+
+pub use app::{App, run};
+pub use broker::QueueType;
+pub use broker::memory::MemoryBroker;
+pub use client::{
+    Client, MessageId, call, call_event, default_client, publish, publish_event, set_default,
+};
+pub use config::{
+    BrokerUrl, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
+    DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_PREFETCH, redact,
+};
+pub use error::{BrokerError, CallError, ConfigError, Error, PublishError, RpcError};
+pub use event::Event;
+pub use handler::{
+    Delivery, Failure, FromDelivery, HandlerError, IntoOutcome, Meta, Outcome, Rejection,
+    RejectionKind, State, extract_event, extracted,
+};
+pub use registry::{BoxFuture, HandlerEntry, HandlerFn, Registry, Subscription};
+pub use retry::{Backoff, RetryPolicy};
+pub use topic::{Pattern, Topic, TopicError, TopicTrie, check_pattern, check_topic};
+
+#[doc(hidden)]
+pub use inventory;
+#[doc(hidden)]
+pub use serde;
+#[doc(hidden)]
+pub use serde_json;
+#[doc(hidden)]
+pub use validator;

@@ -1,0 +1,170 @@
+//! The link-time registry: `#[tchu::subscribe]` submits a [`Subscription`] with `inventory`,
+//! and [`Registry::collect`] reads them once into a validated, sorted snapshot.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::handler::{Delivery, Outcome};
+use crate::retry::RetryPolicy;
+use crate::topic::{Pattern, TopicTrie};
+
+/// A boxed handler future.
+pub type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+/// The type-erased handler the macro generates around a user's `async fn`.
+pub type HandlerFn = fn(Arc<Delivery>) -> BoxFuture;
+
+/// One handler registered at link time by `#[tchu::subscribe]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Subscription {
+    /// Unique id (default: module path and function name).
+    pub id: &'static str,
+    /// Display name (default: the function name).
+    pub name: &'static str,
+    /// The binding pattern.
+    pub pattern: &'static str,
+    /// The generated wrapper.
+    pub handler: HandlerFn,
+    /// Per-handler retry settings, if any were given.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl Subscription {
+    /// Used by the macro; `const` so `inventory::submit!` accepts it.
+    pub const fn new(
+        id: &'static str,
+        name: &'static str,
+        pattern: &'static str,
+        handler: HandlerFn,
+    ) -> Self {
+        Subscription {
+            id,
+            name,
+            pattern,
+            handler,
+            retry: None,
+        }
+    }
+
+    /// Sets a retry policy (used by the macro).
+    pub const fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+}
+
+inventory::collect!(Subscription);
+
+/// A handler as the dispatcher holds it: static or added at run time.
+#[derive(Clone)]
+pub struct HandlerEntry {
+    /// Unique id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Parsed pattern.
+    pub pattern: Pattern,
+    /// The handler.
+    pub handler: Arc<dyn Fn(Arc<Delivery>) -> BoxFuture + Send + Sync>,
+    /// Per-handler retry policy.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl std::fmt::Debug for HandlerEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerEntry")
+            .field("id", &self.id)
+            .field("pattern", &self.pattern)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The validated set of handlers of one service, with the matcher over their patterns.
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    entries: Vec<HandlerEntry>,
+    trie: TopicTrie<usize>,
+}
+
+impl Registry {
+    /// Every `#[tchu::subscribe]` linked into this binary.
+    pub fn static_subscriptions() -> Vec<Subscription> {
+        let mut v: Vec<Subscription> = inventory::iter::<Subscription>.into_iter().copied().collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Builds from handler entries, rejecting duplicate ids.
+    ///
+    /// # Errors
+    /// A text naming every duplicate id.
+    pub fn from_entries(mut entries: Vec<HandlerEntry>) -> Result<Registry, String> {
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &entries {
+            *seen.entry(e.id.as_str()).or_default() += 1;
+        }
+        let dups: Vec<&str> = seen.into_iter().filter(|(_, n)| *n > 1).map(|(id, _)| id).collect();
+        if !dups.is_empty() {
+            return Err(format!(
+                "duplicate handler ids: {}; give each handler a distinct `id = \"...\"`",
+                dups.join(", ")
+            ));
+        }
+        let mut trie = TopicTrie::new();
+        for (i, e) in entries.iter().enumerate() {
+            trie.insert(&e.pattern, i);
+        }
+        Ok(Registry { entries, trie })
+    }
+
+    /// Converts link-time subscriptions to entries.
+    ///
+    /// # Errors
+    /// A text naming an invalid pattern (only reachable by hand-built subscriptions).
+    pub fn entries_from(subs: &[Subscription]) -> Result<Vec<HandlerEntry>, String> {
+        subs.iter()
+            .map(|s| {
+                let pattern = Pattern::new(s.pattern)
+                    .map_err(|e| format!("handler `{}`: pattern `{}`: {e}", s.id, s.pattern))?;
+                let f = s.handler;
+                Ok(HandlerEntry {
+                    id: s.id.to_owned(),
+                    name: s.name.to_owned(),
+                    pattern,
+                    handler: Arc::new(f),
+                    retry: s.retry,
+                })
+            })
+            .collect()
+    }
+
+    /// All handlers, sorted by id.
+    pub fn entries(&self) -> &[HandlerEntry] {
+        &self.entries
+    }
+
+    /// The distinct patterns, sorted: exactly the bindings to declare.
+    pub fn patterns(&self) -> Vec<Pattern> {
+        let mut p: Vec<Pattern> = self.entries.iter().map(|e| e.pattern.clone()).collect();
+        p.sort();
+        p.dedup();
+        p
+    }
+
+    /// Indices of the handlers matching `topic`, ascending.
+    pub fn matching(&self, topic: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        self.trie.for_each_match(topic, &mut |i| out.push(*i));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Whether there are no handlers.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

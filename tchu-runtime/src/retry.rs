@@ -1,0 +1,83 @@
+//! Retry policies: how many times a failed handler runs again, and after which delays.
+
+use std::time::Duration;
+
+/// How the delay grows between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// The same delay every time.
+    Fixed,
+    /// The delay doubles each attempt, up to `max_delay`.
+    Exponential,
+}
+
+/// Retry settings of a handler or of a whole service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0: none).
+    pub retries: u32,
+    /// Growth of the delay.
+    pub backoff: Backoff,
+    /// The first delay.
+    pub delay: Duration,
+    /// The largest delay.
+    pub max_delay: Duration,
+    /// Whether to randomize each delay (between half and all of it).
+    pub jitter: bool,
+}
+
+impl RetryPolicy {
+    /// No retries: a failure is dead-lettered at once.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        retries: 0,
+        backoff: Backoff::Fixed,
+        delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(600),
+        jitter: false,
+    };
+
+    /// The service default: 3 retries, exponential from 1 s, at most 10 min, with jitter.
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        retries: 3,
+        backoff: Backoff::Exponential,
+        delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(600),
+        jitter: true,
+    };
+
+    /// The delay before retry number `retry` (1-based), without jitter.
+    pub fn base_delay(&self, retry: u32) -> Duration {
+        let d = match self.backoff {
+            Backoff::Fixed => self.delay,
+            Backoff::Exponential => {
+                let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+                self.delay.saturating_mul(factor)
+            }
+        };
+        d.min(self.max_delay)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::DEFAULT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_schedule_is_capped() {
+        let p = RetryPolicy {
+            retries: 10,
+            backoff: Backoff::Exponential,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+            jitter: false,
+        };
+        let got: Vec<u64> = (1..=6).map(|r| p.base_delay(r).as_secs()).collect();
+        assert_eq!(got, vec![1, 2, 4, 8, 10, 10]);
+    }
+}

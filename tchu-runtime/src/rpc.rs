@@ -1,0 +1,87 @@
+//! RPC over direct reply-to: one reply consumer per client multiplexes every in-flight call by
+//! correlation id. A reply whose call is gone (timed out, or a second responder) is dropped,
+//! and the pending table only holds calls that are still waiting.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::broker::{Broker, ReplyConsumer};
+use crate::error::BrokerError;
+use crate::message::Message;
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
+
+/// The reply side of a client.
+#[derive(Debug)]
+pub(crate) struct Rpc {
+    reply_to: String,
+    pending: Pending,
+}
+
+/// Removes its call from the pending table when dropped (reply, timeout or cancellation).
+#[derive(Debug)]
+pub(crate) struct PendingCall {
+    id: String,
+    pending: Pending,
+    pub(crate) reply: oneshot::Receiver<Message>,
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
+impl Rpc {
+    /// Starts the reply consumer.
+    pub(crate) async fn start(broker: &Broker) -> Result<Rpc, BrokerError> {
+        let (reply_to, consumer) = broker.reply_consumer().await?;
+        let pending: Pending = Arc::default();
+        tokio::spawn(route_replies(consumer, Arc::clone(&pending)));
+        Ok(Rpc { reply_to, pending })
+    }
+
+    /// The `reply_to` address of this client.
+    pub(crate) fn reply_to(&self) -> &str {
+        &self.reply_to
+    }
+
+    /// Registers a call; the returned guard receives the reply.
+    pub(crate) fn register(&self, id: &str) -> PendingCall {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id.to_owned(), tx);
+        }
+        PendingCall {
+            id: id.to_owned(),
+            pending: Arc::clone(&self.pending),
+            reply: rx,
+        }
+    }
+
+    /// Number of calls waiting for a reply.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or_default()
+    }
+}
+
+async fn route_replies(mut consumer: ReplyConsumer, pending: Pending) {
+    while let Some(msg) = consumer.next().await {
+        let Some(id) = msg.properties.correlation_id.clone() else {
+            tracing::debug!("reply without correlation id dropped");
+            continue;
+        };
+        let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(msg);
+            }
+            None => tracing::debug!(correlation_id = %id, "late or duplicate reply dropped"),
+        }
+    }
+    tracing::debug!("reply consumer ended");
+}

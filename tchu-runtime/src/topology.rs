@@ -1,0 +1,1 @@
+//! Declares the exchange, queues and bindings. STUB
