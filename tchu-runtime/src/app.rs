@@ -1,16 +1,386 @@
 //! The service: [`App`] collects handlers (link-time and run-time), declares the topology and
-//! runs the dispatcher until SIGINT/SIGTERM.
+//! runs the dispatcher until SIGINT/SIGTERM (or [`Running::shutdown`]).
 
-use crate::error::Error;
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// A service being configured. STUB.
-#[derive(Debug, Default)]
-pub struct App {}
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
-/// Runs the service with the link-time subscriptions and settings from the environment.
+use crate::broker::Consumer;
+use crate::client::Client;
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, Stats, StatsSnapshot};
+use crate::error::{ConfigError, Error};
+use crate::handler::{Delivery, IntoOutcome, StateMap};
+use crate::registry::{BoxFuture, HandlerEntry, Registry, Subscription};
+use crate::retry::RetryPolicy;
+use crate::topic::Pattern;
+use crate::topology::Topology;
+
+/// A service being configured.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tchu_runtime::Error> {
+/// tchu_runtime::App::from_env()?.prefetch(100).run().await
+/// # }
+/// ```
+pub struct App {
+    config: Config,
+    client: Option<Client>,
+    filter: Option<Box<dyn Fn(&Subscription) -> bool + Send + Sync>>,
+    extra: Vec<HandlerEntry>,
+    errors: Vec<String>,
+    state: StateMap,
+    publish_only: bool,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .field("extra", &self.extra)
+            .field("publish_only", &self.publish_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// An app with the given settings.
+    pub fn new(config: Config) -> Self {
+        App {
+            config,
+            client: None,
+            filter: None,
+            extra: Vec::new(),
+            errors: Vec::new(),
+            state: StateMap::default(),
+            publish_only: false,
+        }
+    }
+
+    /// An app with [`Config::from_env`].
+    ///
+    /// # Errors
+    /// Bad settings.
+    pub fn from_env() -> Result<Self, Error> {
+        Ok(App::new(Config::from_env()?))
+    }
+
+    /// Sets the service name (its queue's name).
+    #[must_use]
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.config.service = Some(name.into());
+        self
+    }
+
+    /// Sets the exchange name.
+    #[must_use]
+    pub fn exchange(mut self, name: impl Into<String>) -> Self {
+        self.config.exchange = name.into();
+        self
+    }
+
+    /// Sets the prefetch window.
+    #[must_use]
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.config.prefetch = n;
+        self
+    }
+
+    /// Sets how many deliveries are handled at once.
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the service-wide retry policy (handlers with their own keep theirs).
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// Sets the shutdown grace period.
+    #[must_use]
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.config.shutdown_grace = d;
+        self
+    }
+
+    /// Uses an existing client (and its broker) instead of connecting anew.
+    #[must_use]
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Registers a shared resource for `State<T>` arguments.
+    #[must_use]
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Keeps only the link-time subscriptions for which `keep` is true (tests, several
+    /// services in one binary).
+    #[must_use]
+    pub fn filter(mut self, keep: impl Fn(&Subscription) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Box::new(keep));
+        self
+    }
+
+    /// Keeps only the link-time subscriptions whose id starts with `prefix` (e.g. a module path).
+    #[must_use]
+    pub fn only_module(self, prefix: &'static str) -> Self {
+        self.filter(move |s| s.id.starts_with(prefix))
+    }
+
+    /// Allows starting with no subscriptions (a service that only publishes and calls).
+    #[must_use]
+    pub fn publish_only(mut self) -> Self {
+        self.publish_only = true;
+        self
+    }
+
+    /// Adds a handler at run time (plugins); it gets a binding like static ones.
+    #[must_use]
+    pub fn subscribe<F, Fut, R>(mut self, pattern: &str, id: &str, handler: F) -> Self
+    where
+        F: Fn(Arc<Delivery>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoOutcome,
+    {
+        match Pattern::new(pattern) {
+            Ok(p) => {
+                let handler = Arc::new(handler);
+                self.extra.push(HandlerEntry {
+                    id: id.to_owned(),
+                    name: id.to_owned(),
+                    pattern: p,
+                    handler: Arc::new(move |d| {
+                        let fut = handler(d);
+                        Box::pin(async move { fut.await.into_outcome() }) as BoxFuture
+                    }),
+                    retry: None,
+                });
+            }
+            Err(e) => self
+                .errors
+                .push(format!("handler `{id}`: pattern `{pattern}`: {e}")),
+        }
+        self
+    }
+
+    fn registry(&mut self) -> Result<Registry, Error> {
+        if !self.errors.is_empty() {
+            return Err(Error::Registry(self.errors.join("; ")));
+        }
+        let mut subs = Registry::static_subscriptions();
+        if let Some(f) = &self.filter {
+            subs.retain(|s| f(s));
+        }
+        let mut entries = Registry::entries_from(&subs).map_err(Error::Registry)?;
+        entries.append(&mut self.extra);
+        Registry::from_entries(entries).map_err(Error::Registry)
+    }
+
+    /// Connects, declares the topology and starts consuming in the background.
+    ///
+    /// # Errors
+    /// Bad settings, invalid or missing subscriptions, or broker failures.
+    pub async fn start(mut self) -> Result<Running, Error> {
+        let registry = self.registry()?;
+        if registry.is_empty() && !self.publish_only {
+            return Err(Error::NoSubscriptions);
+        }
+        let service = self
+            .config
+            .service
+            .clone()
+            .ok_or(ConfigError::NoServiceName)?;
+        let client = match self.client.take() {
+            Some(c) => c,
+            None => Client::connect(self.config.clone()).await?,
+        };
+        // publish()/call() inside handlers use the default client: make it this one if unset.
+        let _ = crate::client::set_default(client.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stats = Arc::new(Stats::default());
+        let mut task = None;
+        if !registry.is_empty() {
+            let topology = Topology {
+                exchange: self.config.exchange.clone(),
+                queue: service.clone(),
+                queue_type: self.config.queue_type,
+                patterns: registry.patterns(),
+            };
+            let declared = topology.declare(client.broker()).await?;
+            tracing::info!(service = %service, bindings = ?declared.bound, removed = ?declared.unbound, "topology declared");
+            let consumer = client
+                .broker()
+                .consume(&service, self.config.prefetch)
+                .await?;
+            let dispatcher = Arc::new(Dispatcher {
+                registry: Arc::new(registry),
+                client: client.clone(),
+                queue: service.clone(),
+                queue_type: self.config.queue_type,
+                state: Arc::new(self.state),
+                max_body: self.config.max_body,
+                retry: self.config.retry,
+                stats: Arc::clone(&stats),
+                retry_queues: Mutex::new(HashSet::new()),
+            });
+            task = Some(tokio::spawn(consume_loop(
+                dispatcher,
+                consumer,
+                self.config.concurrency,
+                self.config.shutdown_grace,
+                stop_rx,
+            )));
+        }
+        Ok(Running {
+            client,
+            service,
+            stop: stop_tx,
+            task,
+            stats,
+        })
+    }
+
+    /// Starts, then runs until SIGINT or SIGTERM, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// See [`App::start`].
+    pub async fn run(self) -> Result<(), Error> {
+        let running = self.start().await?;
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        running.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Runs the service with the link-time subscriptions and settings from the environment, until
+/// SIGINT or SIGTERM.
 ///
 /// # Errors
 /// Bad settings, no subscriptions, or an unreachable broker.
 pub async fn run() -> Result<(), Error> {
-    Ok(())
+    let app = App::from_env()?;
+    let client = crate::client::default_client().await?;
+    app.client(client).run().await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A started service.
+#[derive(Debug)]
+pub struct Running {
+    client: Client,
+    service: String,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    stats: Arc<Stats>,
+}
+
+impl Running {
+    /// The service's client (for publishing and calling).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The service (and queue) name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The service's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Stops consuming, lets in-flight handlers finish within the grace period, and returns
+    /// unstarted deliveries to the queue.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn consume_loop(
+    dispatcher: Arc<Dispatcher>,
+    mut consumer: Consumer,
+    concurrency: usize,
+    grace: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut inflight = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            d = consumer.next() => d,
+        };
+        match next {
+            Some(Ok(d)) => {
+                let disp = Arc::clone(&dispatcher);
+                inflight.spawn(async move {
+                    disp.handle(d).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+            }
+            None => {
+                tracing::warn!("consumer ended");
+                break;
+            }
+        }
+        while inflight.try_join_next().is_some() {}
+    }
+    let drain = async { while inflight.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(
+            "in-flight handlers did not finish within the grace period; their deliveries return to the queue"
+        );
+        inflight.abort_all();
+    }
+    consumer.close().await;
 }

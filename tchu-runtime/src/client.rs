@@ -318,7 +318,10 @@ pub async fn publish_event<E: Event>(event: &E) -> Result<MessageId, PublishErro
 ///
 /// # Errors
 /// See [`Client::publish`].
-pub async fn publish<T: Serialize + ?Sized>(topic: &str, payload: &T) -> Result<MessageId, PublishError> {
+pub async fn publish<T: Serialize + ?Sized>(
+    topic: &str,
+    payload: &T,
+) -> Result<MessageId, PublishError> {
     let c = default_client()
         .await
         .map_err(|e| PublishError::NoClient(Box::new(e)))?;
@@ -329,7 +332,10 @@ pub async fn publish<T: Serialize + ?Sized>(topic: &str, payload: &T) -> Result<
 ///
 /// # Errors
 /// See [`Client::call_event`].
-pub async fn call_event<E: Event>(request: &E, timeout: Option<Duration>) -> Result<E::Response, CallError> {
+pub async fn call_event<E: Event>(
+    request: &E,
+    timeout: Option<Duration>,
+) -> Result<E::Response, CallError> {
     let c = default_client()
         .await
         .map_err(|e| PublishError::NoClient(Box::new(e)))?;

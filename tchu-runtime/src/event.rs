@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
     message = "`{Self}` is not a tchu event",
     note = "add `#[tchu::event(topic = \"...\")]` to the struct"
 )]
-pub trait Event: Serialize + DeserializeOwned + validator::Validate + Send + Sync + 'static {
+pub trait Event:
+    Serialize + DeserializeOwned + validator::Validate + Send + Sync + 'static
+{
     /// The topic (routing key) it is published with.
     const TOPIC: &'static str;
     /// The reply type when the event is an RPC request; `()` for broadcast events.

@@ -39,11 +39,13 @@ pub struct Meta {
 
 /// Shared resources registered on the app builder, looked up by type.
 #[derive(Default, Clone)]
-pub struct StateMap(HashMap<std::any::TypeId, Arc<dyn Any + Send + Sync>>);
+pub(crate) struct StateMap(HashMap<std::any::TypeId, Arc<dyn Any + Send + Sync>>);
 
 impl fmt::Debug for StateMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StateMap").field("len", &self.0.len()).finish()
+        f.debug_struct("StateMap")
+            .field("len", &self.0.len())
+            .finish()
     }
 }
 
@@ -163,10 +165,18 @@ impl FromDelivery for Meta {
 /// # Errors
 /// [`RejectionKind::Decode`] or [`RejectionKind::Invalid`].
 pub fn extract_event<E: crate::Event>(d: &Delivery) -> Result<E, Rejection> {
-    let e = E::deserialize(&d.event)
-        .map_err(|err| Rejection::new(RejectionKind::Decode, format!("cannot decode `{}`: {err}", std::any::type_name::<E>())))?;
-    validator::Validate::validate(&e)
-        .map_err(|err| Rejection::new(RejectionKind::Invalid, format!("invalid `{}`: {err}", E::TOPIC)))?;
+    let e = E::deserialize(&d.event).map_err(|err| {
+        Rejection::new(
+            RejectionKind::Decode,
+            format!("cannot decode `{}`: {err}", std::any::type_name::<E>()),
+        )
+    })?;
+    validator::Validate::validate(&e).map_err(|err| {
+        Rejection::new(
+            RejectionKind::Invalid,
+            format!("invalid `{}`: {err}", E::TOPIC),
+        )
+    })?;
     Ok(e)
 }
 
@@ -312,4 +322,15 @@ fn error_to_failure<E: fmt::Display + 'static>(e: E) -> Failure {
 /// The rejection as a [`Failure`].
 pub fn extracted<T>(r: Result<T, Rejection>) -> Result<T, Failure> {
     r.map_err(Failure::Rejected)
+}
+
+impl FromDelivery for crate::client::Client {
+    fn from_delivery(d: &Delivery) -> Result<Self, Rejection> {
+        d.client.clone().ok_or_else(|| {
+            Rejection::new(
+                RejectionKind::Missing,
+                "no client in this delivery (a unit test?)",
+            )
+        })
+    }
 }

@@ -6,6 +6,7 @@ mod app;
 pub mod broker;
 mod client;
 mod config;
+mod dead_letter;
 mod dispatch;
 mod error;
 mod event;
@@ -18,7 +19,7 @@ pub mod topic;
 mod topology;
 pub mod wire;
 
-pub use app::{App, run};
+pub use app::{App, Running, run};
 pub use broker::QueueType;
 pub use broker::memory::MemoryBroker;
 pub use client::{
@@ -28,6 +29,8 @@ pub use config::{
     BrokerUrl, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
     DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_PREFETCH, redact,
 };
+pub use dead_letter::DeadLetter;
+pub use dispatch::{Stats, StatsSnapshot};
 pub use error::{BrokerError, CallError, ConfigError, Error, PublishError, RpcError};
 pub use event::Event;
 pub use handler::{
@@ -46,3 +49,11 @@ pub use serde;
 pub use serde_json;
 #[doc(hidden)]
 pub use validator;
+
+/// Header names tchu sets on retried and dead-lettered copies.
+pub mod headers {
+    pub use crate::dispatch::{
+        ATTEMPT_HEADER, ATTEMPTS_HEADER, FIRST_FAILURE_HEADER, HANDLER_HEADER, HANDLERS_HEADER,
+        LAST_FAILURE_HEADER, REASON_HEADER, TOPIC_HEADER,
+    };
+}

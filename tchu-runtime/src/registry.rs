@@ -91,7 +91,10 @@ pub struct Registry {
 impl Registry {
     /// Every `#[tchu::subscribe]` linked into this binary.
     pub fn static_subscriptions() -> Vec<Subscription> {
-        let mut v: Vec<Subscription> = inventory::iter::<Subscription>.into_iter().copied().collect();
+        let mut v: Vec<Subscription> = inventory::iter::<Subscription>
+            .into_iter()
+            .copied()
+            .collect();
         v.sort_by_key(|s| s.id);
         v
     }
@@ -106,7 +109,11 @@ impl Registry {
         for e in &entries {
             *seen.entry(e.id.as_str()).or_default() += 1;
         }
-        let dups: Vec<&str> = seen.into_iter().filter(|(_, n)| *n > 1).map(|(id, _)| id).collect();
+        let dups: Vec<&str> = seen
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(id, _)| id)
+            .collect();
         if !dups.is_empty() {
             return Err(format!(
                 "duplicate handler ids: {}; give each handler a distinct `id = \"...\"`",

@@ -81,3 +81,27 @@ mod tests {
         assert_eq!(got, vec![1, 2, 4, 8, 10, 10]);
     }
 }
+
+/// The delay in milliseconds before the retry that follows `attempt`, with jitter applied and
+/// rounded so that few distinct wait queues exist (100 ms steps under 10 s, 1 s steps above).
+pub(crate) fn delay_for(policy: &RetryPolicy, attempt: u32) -> u64 {
+    let base = u64::try_from(policy.base_delay(attempt).as_millis()).unwrap_or(u64::MAX);
+    let d = if policy.jitter {
+        // Between half and all of the delay; the sub-second clock is entropy enough here.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::from(d.subsec_nanos()))
+            .unwrap_or_default();
+        base / 2 + (base / 2).saturating_mul(nanos % 1000) / 1000
+    } else {
+        base
+    };
+    let step = if d < 10_000 { 100 } else { 1000 };
+    (d.div_ceil(step) * step).max(step)
+}
+
+/// The wait queue for one delay: messages sit there for `delay_ms`, then the broker
+/// dead-letters them back to the service queue. It survives a restart of the service.
+pub(crate) fn wait_queue_name(queue: &str, delay_ms: u64) -> String {
+    format!("{queue}.retry.{delay_ms}ms")
+}

@@ -146,7 +146,11 @@ macro_rules! string_newtype {
 }
 
 string_newtype!(Topic, check_topic, "event topic (an AMQP routing key)");
-string_newtype!(Pattern, check_pattern, "subscription pattern (an AMQP binding key)");
+string_newtype!(
+    Pattern,
+    check_pattern,
+    "subscription pattern (an AMQP binding key)"
+);
 
 /// A trie of patterns for AMQP topic matching. The cost of a lookup grows with the number of
 /// words in the key (and the wildcards on the way), not with the number of patterns.
@@ -293,7 +297,10 @@ mod tests {
     fn pattern_table() {
         let patterns = ["user.created", "user.*", "user.#", "*.created", "#"];
         let table: &[(&str, &[&str])] = &[
-            ("user.created", &["user.created", "user.*", "user.#", "*.created", "#"]),
+            (
+                "user.created",
+                &["user.created", "user.*", "user.#", "*.created", "#"],
+            ),
             ("user.profile.updated", &["user.#", "#"]),
             ("user", &["user.#", "#"]),
             ("order.created", &["*.created", "#"]),

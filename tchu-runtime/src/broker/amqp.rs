@@ -14,7 +14,9 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 
 use crate::broker::{Confirm, InboundDelivery, QueueSpec, QueueType, ReplyConsumer};
 use crate::error::BrokerError;
@@ -42,14 +44,21 @@ fn err(context: &str) -> impl FnOnce(lapin::Error) -> BrokerError + '_ {
 
 impl AmqpBroker {
     /// Connects; `url` is an `amqp://` URL (never logged: it holds credentials).
-    pub(crate) async fn connect(url: &str, name: &str, publish_timeout: Duration) -> Result<Self, BrokerError> {
+    pub(crate) async fn connect(
+        url: &str,
+        name: &str,
+        publish_timeout: Duration,
+    ) -> Result<Self, BrokerError> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(name.to_owned()))
             .enable_auto_recover();
         let conn = Connection::connect(url, props)
             .await
             .map_err(err("cannot connect to the broker"))?;
-        let publish = conn.create_channel().await.map_err(err("cannot open a channel"))?;
+        let publish = conn
+            .create_channel()
+            .await
+            .map_err(err("cannot open a channel"))?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -76,7 +85,9 @@ impl AmqpBroker {
             .create_channel()
             .await
             .map_err(err("cannot open a channel"))?;
-        let r = f(ch.clone()).await.map_err(|e| BrokerError::with_source(what.to_owned(), e));
+        let r = f(ch.clone())
+            .await
+            .map_err(|e| BrokerError::with_source(what.to_owned(), e));
         if r.is_ok() {
             let _ = ch.close(200, ShortString::from("done")).await;
         }
@@ -84,29 +95,41 @@ impl AmqpBroker {
     }
 
     pub(crate) async fn declare_exchange(&self, name: &str) -> Result<(), BrokerError> {
-        self.with_channel(&format!("cannot declare exchange `{name}`"), |ch| async move {
-            ch.exchange_declare(
-                ShortString::from(name),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        })
+        self.with_channel(
+            &format!("cannot declare exchange `{name}`"),
+            |ch| async move {
+                ch.exchange_declare(
+                    ShortString::from(name),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+            },
+        )
         .await
     }
 
     pub(crate) async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         let mut args = FieldTable::default();
         if spec.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
         }
         if let Some((x, rk)) = &spec.dead_letter {
-            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(x.as_str().into()));
-            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(rk.as_str().into()));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(x.as_str().into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(rk.as_str().into()),
+            );
         }
         if let Some(ttl) = spec.message_ttl {
             let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
@@ -132,29 +155,55 @@ impl AmqpBroker {
         .await
     }
 
-    pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
-        self.with_channel(&format!("cannot bind `{queue}` to `{exchange}` with `{key}`"), |ch| async move {
-            ch.queue_bind(
-                queue.into(),
-                exchange.into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-        })
-        .await
-    }
-
-    pub(crate) async fn unbind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
-        self.with_channel(&format!("cannot unbind `{queue}` from `{exchange}` (`{key}`)"), |ch| async move {
-            ch.queue_unbind(queue.into(), exchange.into(), key.into(), FieldTable::default())
+    pub(crate) async fn bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), BrokerError> {
+        self.with_channel(
+            &format!("cannot bind `{queue}` to `{exchange}` with `{key}`"),
+            |ch| async move {
+                ch.queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
-        })
+            },
+        )
         .await
     }
 
-    pub(crate) async fn publish(&self, exchange: &str, msg: &Message, mandatory: bool) -> Result<Confirm, BrokerError> {
+    pub(crate) async fn unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), BrokerError> {
+        self.with_channel(
+            &format!("cannot unbind `{queue}` from `{exchange}` (`{key}`)"),
+            |ch| async move {
+                ch.queue_unbind(
+                    queue.into(),
+                    exchange.into(),
+                    key.into(),
+                    FieldTable::default(),
+                )
+                .await
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        mandatory: bool,
+    ) -> Result<Confirm, BrokerError> {
         let props = to_lapin_properties(&msg.properties);
         let deadline = tokio::time::Instant::now() + self.inner.publish_timeout;
         loop {
@@ -178,15 +227,23 @@ impl AmqpBroker {
             let res = tokio::time::timeout_at(deadline, attempt).await;
             match res {
                 Err(_) => return Err(BrokerError::new("no publisher confirm before the deadline")),
-                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => return Ok(Confirm::Ack),
+                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
+                    return Ok(Confirm::Ack);
+                }
                 Ok(Ok(Confirmation::Ack(Some(_)))) => return Ok(Confirm::Returned),
                 Ok(Ok(Confirmation::Nack(_))) => return Ok(Confirm::Nack),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "publish failed; waiting for the connection to recover");
-                    match tokio::time::timeout_at(deadline, self.inner.publish.wait_for_recovery(e)).await {
+                    match tokio::time::timeout_at(deadline, self.inner.publish.wait_for_recovery(e))
+                        .await
+                    {
                         Ok(Ok(())) => continue,
                         Ok(Err(e)) => return Err(BrokerError::with_source("publish failed", e)),
-                        Err(_) => return Err(BrokerError::new("connection not recovered before the deadline")),
+                        Err(_) => {
+                            return Err(BrokerError::new(
+                                "connection not recovered before the deadline",
+                            ));
+                        }
                     }
                 }
             }
@@ -195,13 +252,19 @@ impl AmqpBroker {
 
     pub(crate) async fn get(&self, queue: &str) -> Result<Option<Message>, BrokerError> {
         self.with_channel(&format!("cannot get from `{queue}`"), |ch| async move {
-            let got = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await?;
+            let got = ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await?;
             Ok(got.map(|g| from_lapin_delivery(&g.delivery)))
         })
         .await
     }
 
-    pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<AmqpConsumer, BrokerError> {
+    pub(crate) async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<AmqpConsumer, BrokerError> {
         let ch = self
             .inner
             .conn
@@ -251,33 +314,42 @@ impl AmqpBroker {
     }
 
     pub(crate) async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
-        self.with_channel(&format!("cannot inspect queue `{queue}`"), |ch| async move {
-            let q = ch
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok(q.message_count())
-        })
+        self.with_channel(
+            &format!("cannot inspect queue `{queue}`"),
+            |ch| async move {
+                let q = ch
+                    .queue_declare(
+                        queue.into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok(q.message_count())
+            },
+        )
         .await
     }
 
     pub(crate) async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
         self.with_channel(&format!("cannot delete queue `{queue}`"), |ch| async move {
-            ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await.map(|_| ())
+            ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await
+                .map(|_| ())
         })
         .await
     }
 
     pub(crate) async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
-        self.with_channel(&format!("cannot delete exchange `{name}`"), |ch| async move {
-            ch.exchange_delete(name.into(), ExchangeDeleteOptions::default()).await
-        })
+        self.with_channel(
+            &format!("cannot delete exchange `{name}`"),
+            |ch| async move {
+                ch.exchange_delete(name.into(), ExchangeDeleteOptions::default())
+                    .await
+            },
+        )
         .await
     }
 
@@ -306,10 +378,9 @@ impl AmqpConsumer {
         })
     }
 
-    /// The channel this consumer runs on.
-    #[allow(dead_code, reason = "kept for cancel on shutdown")]
-    pub(crate) fn channel(&self) -> &Channel {
-        &self.channel
+    /// Closes the consumer's channel: unsettled deliveries return to the queue.
+    pub(crate) async fn close(self) {
+        let _ = self.channel.close(200, ShortString::from("shutdown")).await;
     }
 }
 
@@ -382,13 +453,17 @@ fn from_value(v: &AMQPValue) -> HeaderValue {
         AMQPValue::Timestamp(t) => HeaderValue::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
         AMQPValue::Float(f) => HeaderValue::Float((*f).into()),
         AMQPValue::Double(f) => HeaderValue::Float(*f),
-        AMQPValue::DecimalValue(d) => HeaderValue::Float(f64::from(d.value) / 10f64.powi(d.scale.into())),
+        AMQPValue::DecimalValue(d) => {
+            HeaderValue::Float(f64::from(d.value) / 10f64.powi(d.scale.into()))
+        }
         AMQPValue::ShortString(s) => HeaderValue::String(s.as_str().to_owned()),
         AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
             Ok(s) => HeaderValue::String(s.to_owned()),
             Err(_) => HeaderValue::Bytes(s.as_bytes().to_vec()),
         },
-        AMQPValue::FieldArray(a) => HeaderValue::Array(a.as_slice().iter().map(from_value).collect()),
+        AMQPValue::FieldArray(a) => {
+            HeaderValue::Array(a.as_slice().iter().map(from_value).collect())
+        }
         AMQPValue::FieldTable(t) => HeaderValue::Table(from_table(t)),
         AMQPValue::ByteArray(b) => HeaderValue::Bytes(b.as_slice().to_vec()),
         AMQPValue::Void => HeaderValue::Null,
@@ -406,7 +481,9 @@ fn to_value(v: &HeaderValue) -> AMQPValue {
         HeaderValue::Float(f) => AMQPValue::Double(*f),
         HeaderValue::String(s) => AMQPValue::LongString(s.as_str().into()),
         HeaderValue::Bytes(b) => AMQPValue::LongString(b.clone().into()),
-        HeaderValue::Array(a) => AMQPValue::FieldArray(FieldArray::from(a.iter().map(to_value).collect::<Vec<_>>())),
+        HeaderValue::Array(a) => {
+            AMQPValue::FieldArray(FieldArray::from(a.iter().map(to_value).collect::<Vec<_>>()))
+        }
         HeaderValue::Table(t) => AMQPValue::FieldTable(to_table(t)),
     }
 }

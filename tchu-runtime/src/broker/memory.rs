@@ -29,7 +29,12 @@ impl MemoryBroker {
     pub(crate) fn unbind(&self, _q: &str, _x: &str, _k: &str) -> Result<(), BrokerError> {
         Ok(())
     }
-    pub(crate) fn publish(&self, _x: &str, _m: &Message, _mandatory: bool) -> Result<Confirm, BrokerError> {
+    pub(crate) fn publish(
+        &self,
+        _x: &str,
+        _m: &Message,
+        _mandatory: bool,
+    ) -> Result<Confirm, BrokerError> {
         Ok(Confirm::Ack)
     }
     pub(crate) fn get(&self, _q: &str) -> Result<Option<Message>, BrokerError> {

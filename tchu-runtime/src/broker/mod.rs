@@ -105,6 +105,14 @@ impl Consumer {
             Consumer::Memory(c) => c.next().await.map(Ok),
         }
     }
+
+    /// Stops consuming; deliveries not yet settled return to the queue.
+    pub(crate) async fn close(self) {
+        match self {
+            Consumer::Amqp(c) => c.close().await,
+            Consumer::Memory(c) => drop(c),
+        }
+    }
 }
 
 /// Replies to this client's RPC calls, from every responder.
@@ -150,14 +158,24 @@ impl Broker {
         }
     }
 
-    pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), BrokerError> {
         match self {
             Broker::Amqp(b) => b.bind(queue, exchange, key).await,
             Broker::Memory(b) => b.bind(queue, exchange, key),
         }
     }
 
-    pub(crate) async fn unbind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), BrokerError> {
         match self {
             Broker::Amqp(b) => b.unbind(queue, exchange, key).await,
             Broker::Memory(b) => b.unbind(queue, exchange, key),
@@ -186,7 +204,11 @@ impl Broker {
     }
 
     /// Starts consuming with a prefetch window.
-    pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
+    pub(crate) async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<Consumer, BrokerError> {
         match self {
             Broker::Amqp(b) => b.consume(queue, prefetch).await.map(Consumer::Amqp),
             Broker::Memory(b) => b.consume(queue, prefetch).map(Consumer::Memory),

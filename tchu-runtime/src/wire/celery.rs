@@ -13,7 +13,11 @@ pub fn is_celery(msg: &Message) -> bool {
     if msg.properties.headers.contains_key("task") {
         return true;
     }
-    if msg.properties.headers.contains_key(super::json::KIND_HEADER) {
+    if msg
+        .properties
+        .headers
+        .contains_key(super::json::KIND_HEADER)
+    {
         return false;
     }
     let body = msg.body.trim_ascii_start();

@@ -48,7 +48,12 @@ pub fn decode(msg: &Message) -> Result<Decoded, DecodeError> {
             reason: "the event must be a JSON object".to_owned(),
         });
     }
-    let kind = match msg.properties.headers.get(KIND_HEADER).and_then(HeaderValue::as_str) {
+    let kind = match msg
+        .properties
+        .headers
+        .get(KIND_HEADER)
+        .and_then(HeaderValue::as_str)
+    {
         Some("rpc") => Kind::Rpc,
         Some("event") | None => Kind::Event,
         Some(other) => {
@@ -109,7 +114,12 @@ pub fn decode_reply(msg: &Message) -> Result<Reply, DecodeError> {
             .unwrap_or_default()
             .to_owned()
     };
-    match msg.properties.headers.get(REPLY_HEADER).and_then(HeaderValue::as_str) {
+    match msg
+        .properties
+        .headers
+        .get(REPLY_HEADER)
+        .and_then(HeaderValue::as_str)
+    {
         Some("ok") => Ok(Reply::Ok(v)),
         Some("remote") => serde_json::from_value::<RpcError>(v.clone())
             .map(Reply::Remote)
