@@ -1,7 +1,7 @@
 #![doc = include_str!("../../README.md")]
 #![cfg_attr(not(test), warn(clippy::print_stdout))]
 
-pub use tchu_macros::{event, subscribe};
+// MACROS: pub use tchu_macros::{event, subscribe};
 
 pub use tchu_runtime::{
     App, Backoff, BrokerError, BrokerUrl, CallError, Client, Config, ConfigError, DeadLetter,
@@ -11,6 +11,7 @@ pub use tchu_runtime::{
 };
 
 pub use tchu_runtime::headers;
+pub use tchu_runtime::wire::WireFormat;
 
 /// Settings defaults and helpers.
 pub mod config {
