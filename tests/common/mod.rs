@@ -36,6 +36,10 @@ impl Names {
     }
 
     pub fn config(&self) -> Config {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let mut c = Config::new(BrokerUrl::parse(&broker_url()).expect("broker url"));
         c.exchange = self.exchange.clone();
         c.publish_timeout = WAIT;
