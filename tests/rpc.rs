@@ -16,7 +16,10 @@ fn responder(names: &Names) -> App {
             Ok::<_, RpcError>(serde_json::json!({ "echo": d.event.clone() }))
         })
         .subscribe("rpc.business", "business", |_d: Arc<Delivery>| async {
-            Err::<(), _>(RpcError::new("NOT_FOUND", "no such user").with_details(serde_json::json!({"id": 7})))
+            Err::<(), _>(
+                RpcError::new("NOT_FOUND", "no such user")
+                    .with_details(serde_json::json!({"id": 7})),
+            )
         })
         .subscribe("rpc.fails", "fails", |_d: Arc<Delivery>| async {
             Err::<(), _>(HandlerError::transient("database unreachable"))
@@ -41,14 +44,24 @@ async fn each_failure_is_its_own_variant() {
     let t = Some(Duration::from_secs(10));
 
     let started = Instant::now();
-    let v = c.call("rpc.echo", &serde_json::json!({"x": 1}), t).await.expect("echo");
+    let v = c
+        .call("rpc.echo", &serde_json::json!({"x": 1}), t)
+        .await
+        .expect("echo");
     assert_eq!(v, serde_json::json!({"echo": {"x": 1}}));
     eprintln!("success: {:?}", started.elapsed());
 
     let started = Instant::now();
     match c.call("rpc.business", &serde_json::json!({}), t).await {
-        Err(CallError::Remote { code, message, details }) => {
-            assert_eq!((code.as_str(), message.as_str()), ("NOT_FOUND", "no such user"));
+        Err(CallError::Remote {
+            code,
+            message,
+            details,
+        }) => {
+            assert_eq!(
+                (code.as_str(), message.as_str()),
+                ("NOT_FOUND", "no such user")
+            );
             assert_eq!(details, serde_json::json!({"id": 7}));
         }
         other => panic!("expected Remote, got {other:?}"),
@@ -57,36 +70,61 @@ async fn each_failure_is_its_own_variant() {
 
     let started = Instant::now();
     match c.call("rpc.fails", &serde_json::json!({}), t).await {
-        Err(CallError::HandlerFailed { message }) => assert!(message.contains("database unreachable"), "{message}"),
+        Err(CallError::HandlerFailed { message }) => {
+            assert!(message.contains("database unreachable"), "{message}")
+        }
         other => panic!("expected HandlerFailed, got {other:?}"),
     }
     eprintln!("handler failed: {:?}", started.elapsed());
 
     let started = Instant::now();
     match c.call("rpc.panics", &serde_json::json!({}), t).await {
-        Err(CallError::HandlerFailed { message }) => assert!(message.contains("handler exploded"), "{message}"),
+        Err(CallError::HandlerFailed { message }) => {
+            assert!(message.contains("handler exploded"), "{message}")
+        }
         other => panic!("expected HandlerFailed on panic, got {other:?}"),
     }
     eprintln!("handler panicked: {:?}", started.elapsed());
 
     let started = Instant::now();
-    match c.call("rpc.nobody.listens", &serde_json::json!({}), t).await {
+    match c
+        .call("rpc.nobody.listens", &serde_json::json!({}), t)
+        .await
+    {
         Err(CallError::NoRoute { topic }) => assert_eq!(topic, "rpc.nobody.listens"),
         other => panic!("expected NoRoute, got {other:?}"),
     }
     let no_route = started.elapsed();
     eprintln!("no route: {no_route:?}");
-    assert!(no_route < Duration::from_secs(5), "no route is reported at once, not at the deadline");
+    assert!(
+        no_route < Duration::from_secs(5),
+        "no route is reported at once, not at the deadline"
+    );
 
     let started = Instant::now();
-    match c.call("rpc.slow", &serde_json::json!({}), Some(Duration::from_millis(300))).await {
+    match c
+        .call(
+            "rpc.slow",
+            &serde_json::json!({}),
+            Some(Duration::from_millis(300)),
+        )
+        .await
+    {
         Err(CallError::Timeout { timeout, .. }) => assert_eq!(timeout, Duration::from_millis(300)),
         other => panic!("expected Timeout, got {other:?}"),
     }
     eprintln!("timeout (300 ms): {:?}", started.elapsed());
 
     // The service goes on after the panic.
-    assert!(c.call("rpc.echo", &serde_json::json!(2), t).await.is_ok());
+    assert!(
+        c.call("rpc.echo", &serde_json::json!({"n": 2}), t)
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        c.call("rpc.echo", &serde_json::json!([1]), t).await,
+        Err(CallError::Publish(tchu::PublishError::NotAnObject { .. }))
+    ));
     assert_eq!(c.pending_calls(), 0);
     r.shutdown().await;
     names.cleanup(&c, &["responder"], &[]).await;
@@ -104,7 +142,11 @@ async fn concurrent_calls_never_cross() {
             for i in 0..63u64 {
                 let n = task * 1000 + i;
                 let v = c
-                    .call("rpc.echo", &serde_json::json!({ "n": n }), Some(Duration::from_secs(20)))
+                    .call(
+                        "rpc.echo",
+                        &serde_json::json!({ "n": n }),
+                        Some(Duration::from_secs(20)),
+                    )
                     .await
                     .expect("call");
                 assert_eq!(v["echo"]["n"], n, "reply belongs to this call");
@@ -113,7 +155,10 @@ async fn concurrent_calls_never_cross() {
         });
     }
     let mut total = 0;
-    while let Some(n) = tokio::time::timeout(common::WAIT * 3, tasks.join_next()).await.expect("bounded") {
+    while let Some(n) = tokio::time::timeout(common::WAIT * 3, tasks.join_next())
+        .await
+        .expect("bounded")
+    {
         total += n.expect("task");
     }
     assert_eq!(total, 1008);
@@ -131,7 +176,12 @@ async fn late_replies_are_dropped_and_the_pending_table_does_not_grow() {
     for _ in 0..20 {
         let c = c.clone();
         tasks.spawn(async move {
-            c.call("rpc.slow", &serde_json::json!({}), Some(Duration::from_millis(100))).await
+            c.call(
+                "rpc.slow",
+                &serde_json::json!({}),
+                Some(Duration::from_millis(100)),
+            )
+            .await
         });
     }
     while let Some(res) = tasks.join_next().await {
@@ -139,8 +189,15 @@ async fn late_replies_are_dropped_and_the_pending_table_does_not_grow() {
     }
     assert_eq!(c.pending_calls(), 0, "timed-out calls leave the table");
     // The late replies arrive and are dropped; a fresh call still works and nothing leaks.
-    let v = c.call("rpc.echo", &serde_json::json!(1), Some(Duration::from_secs(60))).await.expect("call");
-    assert_eq!(v["echo"], 1);
+    let v = c
+        .call(
+            "rpc.echo",
+            &serde_json::json!({"n": 1}),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .expect("call");
+    assert_eq!(v["echo"]["n"], 1);
     assert_eq!(c.pending_calls(), 0);
     r.shutdown().await;
     names.cleanup(&c, &["responder"], &[]).await;
@@ -160,9 +217,18 @@ async fn rpc_and_broadcast_handlers_in_one_service_do_not_interfere() {
         .expect("start");
     let c = r.client().clone();
     for i in 0..20 {
-        c.publish("news.item", &serde_json::json!({ "i": i })).await.expect("publish");
-        let v = c.call("rpc.echo", &serde_json::json!(i), Some(Duration::from_secs(10))).await.expect("call");
-        assert_eq!(v["echo"], i);
+        c.publish("news.item", &serde_json::json!({ "i": i }))
+            .await
+            .expect("publish");
+        let v = c
+            .call(
+                "rpc.echo",
+                &serde_json::json!({"i": i}),
+                Some(Duration::from_secs(10)),
+            )
+            .await
+            .expect("call");
+        assert_eq!(v["echo"]["i"], i);
     }
     let got = common::recv_n(&mut rx, 20).await;
     assert!(got.iter().all(|t| t == "news.item"));

@@ -133,6 +133,7 @@ impl Client {
     }
 
     async fn publish_json(&self, topic: &str, json: &[u8]) -> Result<MessageId, PublishError> {
+        require_object(topic, json)?;
         let id = MessageId::new();
         let mut msg = wire::encode(self.inner.config.format, topic, json, id.as_str(), false);
         msg.properties.persistent = true;
@@ -216,6 +217,7 @@ impl Client {
         json: &[u8],
         timeout: Option<Duration>,
     ) -> Result<serde_json::Value, CallError> {
+        require_object(topic, json)?;
         let timeout = timeout.unwrap_or(self.inner.config.call_timeout);
         let rpc = self
             .inner
@@ -281,6 +283,16 @@ impl Client {
 }
 
 use serde::Deserialize as _;
+
+fn require_object(topic: &str, json: &[u8]) -> Result<(), PublishError> {
+    if json.first() == Some(&b'{') {
+        Ok(())
+    } else {
+        Err(PublishError::NotAnObject {
+            topic: topic.to_owned(),
+        })
+    }
+}
 
 static DEFAULT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();
 

@@ -55,6 +55,12 @@ pub enum PublishError {
         #[source]
         source: serde_json::Error,
     },
+    /// The payload is not a JSON object (tchu-tchu events are dicts); nothing was sent.
+    #[error("the payload for topic `{topic}` must serialize to a JSON object")]
+    NotAnObject {
+        /// The event's topic.
+        topic: String,
+    },
     /// The broker refused the message (negative publisher confirm).
     #[error("broker did not confirm the message for topic `{topic}` (nack)")]
     Nacked {
