@@ -1,7 +1,7 @@
 #![doc = include_str!("../../README.md")]
 #![cfg_attr(not(test), warn(clippy::print_stdout))]
 
-// MACROS: pub use tchu_macros::{event, subscribe};
+pub use tchu_macros::{event, subscribe};
 
 pub use tchu_runtime::{
     App, Backoff, BrokerError, BrokerUrl, CallError, Client, Config, ConfigError, DeadLetter,
@@ -37,4 +37,27 @@ pub mod __private {
         extract_event, extracted, inventory, publish_event, serde, serde_json, validator,
     };
     pub use tchu_runtime::{CallError, Client, PublishError};
+    /// For tests of the link-time registry.
+    pub use tchu_runtime::{Outcome, Registry};
+
+    /// The compile-time check that a handler of `Req` returns `Req::Response`: `Self` is the
+    /// handler's success type and `Resp` the response type it must be.
+    #[diagnostic::on_unimplemented(
+        message = "a handler of `{Req}` must return `{Resp}` or `Result<{Resp}, E>`, not `{Self}`",
+        label = "expected `{Resp}` here",
+        note = "`{Resp}` is the `response = ...` type of `#[tchu::event]` on `{Req}` (`()` when it has none)"
+    )]
+    pub trait ReplyOf<Req, Resp> {}
+
+    #[diagnostic::do_not_recommend]
+    impl<Req, T> ReplyOf<Req, T> for T {}
+
+    /// Compiles only when the handler's success type is `Req::Response`.
+    #[inline(always)]
+    pub fn check_reply<Req, T, E>(_: &Result<T, E>)
+    where
+        Req: Event,
+        T: ReplyOf<Req, <Req as Event>::Response>,
+    {
+    }
 }
