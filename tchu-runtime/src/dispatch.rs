@@ -259,26 +259,34 @@ impl Dispatcher {
         }
 
         if is_rpc {
-            // The caller is waiting: answer with the first handler's outcome, never retry.
-            let (entry, outcome) = (entries[0], &outcomes[0]);
-            let reply = match outcome {
-                Ok(v) => Reply::Ok(v.clone()),
-                Err(Failure::Remote(e)) => Reply::Remote(e.clone()),
-                Err(Failure::Rejected(r))
-                    if matches!(r.kind, RejectionKind::Invalid | RejectionKind::Decode) =>
-                {
-                    Reply::Invalid(r.reason.clone())
-                }
-                Err(f) => Reply::HandlerFailed(f.to_string()),
-            };
-            self.reply(
-                &decoded,
-                reply_to.as_deref(),
-                correlation_id.as_deref(),
-                &entry.name,
-                &reply,
-            )
-            .await;
+            // The caller is waiting: answer at once, never retry. The answer is the first value
+            // any handler returned, else the first failure. Handlers that return nothing (e.g. a
+            // `#` observer) do not answer, so they cannot pre-empt the real responder.
+            let answer = entries
+                .iter()
+                .zip(&outcomes)
+                .find(|(_, o)| matches!(o, Ok(v) if !v.is_null()))
+                .or_else(|| entries.iter().zip(&outcomes).find(|(_, o)| o.is_err()));
+            if let Some((entry, outcome)) = answer {
+                let reply = match outcome {
+                    Ok(v) => Reply::Ok(v.clone()),
+                    Err(Failure::Remote(e)) => Reply::Remote(e.clone()),
+                    Err(Failure::Rejected(r))
+                        if matches!(r.kind, RejectionKind::Invalid | RejectionKind::Decode) =>
+                    {
+                        Reply::Invalid(r.reason.clone())
+                    }
+                    Err(f) => Reply::HandlerFailed(f.to_string()),
+                };
+                self.reply(
+                    &decoded,
+                    reply_to.as_deref(),
+                    correlation_id.as_deref(),
+                    &entry.name,
+                    &reply,
+                )
+                .await;
+            }
             return Ok(Settle::Ack);
         }
 
