@@ -1,0 +1,6 @@
+#[tchu::event(topic = "user.created")]
+pub enum UserCreated {
+    A,
+}
+
+fn main() {}

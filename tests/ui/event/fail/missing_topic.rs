@@ -1,0 +1,6 @@
+#[tchu::event(response = String)]
+pub struct GetUser {
+    pub id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[tchu::event(topic = "user.created")]
+pub struct UserCreated(String);
+
+fn main() {}

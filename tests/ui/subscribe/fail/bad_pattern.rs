@@ -1,0 +1,4 @@
+#[tchu::subscribe("user*")]
+async fn audit(_event: serde_json::Value) {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[tchu::subscribe("user.*")]
+fn audit(_event: serde_json::Value) {}
+
+fn main() {}
