@@ -64,24 +64,6 @@ impl Default for RetryPolicy {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exponential_schedule_is_capped() {
-        let p = RetryPolicy {
-            retries: 10,
-            backoff: Backoff::Exponential,
-            delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(10),
-            jitter: false,
-        };
-        let got: Vec<u64> = (1..=6).map(|r| p.base_delay(r).as_secs()).collect();
-        assert_eq!(got, vec![1, 2, 4, 8, 10, 10]);
-    }
-}
-
 /// The delay in milliseconds before the retry that follows `attempt`, with jitter applied and
 /// rounded so that few distinct wait queues exist (100 ms steps under 10 s, 1 s steps above).
 pub(crate) fn delay_for(policy: &RetryPolicy, attempt: u32) -> u64 {
@@ -104,4 +86,42 @@ pub(crate) fn delay_for(policy: &RetryPolicy, attempt: u32) -> u64 {
 /// dead-letters them back to the service queue. It survives a restart of the service.
 pub(crate) fn wait_queue_name(queue: &str, delay_ms: u64) -> String {
     format!("{queue}.retry.{delay_ms}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_schedule_is_capped() {
+        let p = RetryPolicy {
+            retries: 10,
+            backoff: Backoff::Exponential,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+            jitter: false,
+        };
+        let got: Vec<u64> = (1..=6).map(|r| p.base_delay(r).as_secs()).collect();
+        assert_eq!(got, vec![1, 2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn delays_are_rounded_and_jitter_stays_within_half() {
+        let mut p = RetryPolicy {
+            retries: 3,
+            backoff: Backoff::Fixed,
+            delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(10),
+            jitter: false,
+        };
+        assert_eq!(delay_for(&p, 1), 300);
+        p.jitter = true;
+        p.delay = Duration::from_secs(20);
+        p.max_delay = Duration::from_secs(60);
+        for _ in 0..50 {
+            let d = delay_for(&p, 1);
+            assert!((10_000..=20_000).contains(&d), "{d}");
+        }
+        assert_eq!(wait_queue_name("svc", 300), "svc.retry.300ms");
+    }
 }

@@ -306,10 +306,10 @@ impl AmqpBroker {
             .map_err(err("cannot consume direct reply-to"))?;
         Ok((
             DIRECT_REPLY_TO.to_owned(),
-            ReplyConsumer::Amqp(AmqpConsumer {
+            ReplyConsumer::Amqp(Box::new(AmqpConsumer {
                 channel: self.inner.publish.clone(),
                 consumer,
-            }),
+            })),
         ))
     }
 

@@ -93,7 +93,7 @@ impl Acker {
 /// A stream of deliveries from one queue.
 #[derive(Debug)]
 pub(crate) enum Consumer {
-    Amqp(amqp::AmqpConsumer),
+    Amqp(Box<amqp::AmqpConsumer>),
     Memory(memory::MemoryConsumer),
 }
 
@@ -118,7 +118,7 @@ impl Consumer {
 /// Replies to this client's RPC calls, from every responder.
 #[derive(Debug)]
 pub(crate) enum ReplyConsumer {
-    Amqp(amqp::AmqpConsumer),
+    Amqp(Box<amqp::AmqpConsumer>),
     Memory(tokio::sync::mpsc::UnboundedReceiver<Message>),
 }
 
@@ -210,7 +210,10 @@ impl Broker {
         prefetch: u16,
     ) -> Result<Consumer, BrokerError> {
         match self {
-            Broker::Amqp(b) => b.consume(queue, prefetch).await.map(Consumer::Amqp),
+            Broker::Amqp(b) => b
+                .consume(queue, prefetch)
+                .await
+                .map(|c| Consumer::Amqp(Box::new(c))),
             Broker::Memory(b) => b.consume(queue, prefetch).map(Consumer::Memory),
         }
     }
