@@ -285,3 +285,197 @@ async fn graceful_shutdown_loses_nothing() {
     second.shutdown().await;
     names.cleanup(&client, &["slow"], &[]).await;
 }
+
+/// A typed event for the refusal test.
+#[tchu::event(topic = "signup.done")]
+#[derive(Debug)]
+pub struct SignupDone {
+    #[validate(email)]
+    email: String,
+    #[validate(range(min = 13))]
+    age: u32,
+}
+
+#[tchu::subscribe(SignupDone)]
+async fn on_signup(e: SignupDone, done: tchu::State<mpsc::UnboundedSender<String>>) {
+    let _ = done.send(e.email);
+}
+
+#[tokio::test]
+async fn an_invalid_event_is_refused_and_nothing_is_sent() {
+    let names = Names::new("invalid");
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let r = App::new(names.config())
+        .service(names.service("signup"))
+        .only_module(module_path!())
+        .state(tx)
+        .start()
+        .await
+        .expect("start");
+    let client = r.client().clone();
+    let err = SignupDone {
+        email: "nope".into(),
+        age: 3,
+    }
+    .publish_with(&client)
+    .await
+    .expect_err("invalid");
+    match &err {
+        tchu::PublishError::Invalid { topic, errors } => {
+            assert_eq!(topic, "signup.done");
+            let field_errors = errors.field_errors();
+            let fields: Vec<&str> = field_errors.keys().map(|k| k.as_ref()).collect();
+            assert!(
+                fields.contains(&"email") && fields.contains(&"age"),
+                "{fields:?}"
+            );
+        }
+        other => panic!("expected Invalid, got {other}"),
+    }
+    // A valid one goes through; then the queue is empty and the DLQ too: the invalid one
+    // never left the process.
+    SignupDone {
+        email: "a@b.co".into(),
+        age: 30,
+    }
+    .publish_with(&client)
+    .await
+    .expect("valid");
+    let q = names.service("signup");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while r.stats().handled < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "valid event not handled"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        r.stats().received,
+        1,
+        "only the valid event reached the queue"
+    );
+    assert_eq!(client.queue_len(&format!("{q}.dlq")).await.expect("dlq"), 0);
+    r.shutdown().await;
+    names.cleanup(&client, &["signup"], &[]).await;
+}
+
+/// The trie against what RabbitMQ itself routes, for a few hundred random patterns and keys.
+#[tokio::test]
+async fn matcher_agrees_with_rabbitmq_routing() {
+    use rand::{Rng, SeedableRng};
+    let names = Names::new("matcher");
+    let client = names.client().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7c40);
+    let words = ["a", "b", "c"];
+    let gen_words = |wild: bool, rng: &mut rand::rngs::StdRng| -> String {
+        let n = rng.random_range(1..=4);
+        (0..n)
+            .map(|_| {
+                let k = rng.random_range(0..if wild { 5 } else { 3 });
+                match k {
+                    3 => "*",
+                    4 => "#",
+                    k => words[k],
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let mut patterns: Vec<String> = (0..300).map(|_| gen_words(true, &mut rng)).collect();
+    patterns.sort();
+    patterns.dedup();
+    let keys: Vec<String> = (0..60).map(|_| gen_words(false, &mut rng)).collect();
+
+    let mut trie = tchu_runtime_trie::Trie::default();
+    for (i, p) in patterns.iter().enumerate() {
+        trie.insert(p, i);
+    }
+    let conn = lapin::Connection::connect(
+        &common::broker_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("lapin");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    for (i, p) in patterns.iter().enumerate() {
+        let q = format!("{}.q{i}", names.prefix);
+        ch.queue_declare(
+            q.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("declare");
+        ch.queue_bind(
+            q.as_str().into(),
+            names.exchange.as_str().into(),
+            p.as_str().into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .expect("bind");
+    }
+    for k in &keys {
+        ch.basic_publish(
+            names.exchange.as_str().into(),
+            k.as_str().into(),
+            Default::default(),
+            b"{}",
+            Default::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    let mut disagreements = Vec::new();
+    for (i, p) in patterns.iter().enumerate() {
+        let q = format!("{}.q{i}", names.prefix);
+        let routed = ch
+            .queue_declare(
+                q.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("passive")
+            .message_count() as usize;
+        let ours = keys.iter().filter(|k| trie.matches(k).contains(&i)).count();
+        if routed != ours {
+            disagreements.push(format!("{p}: rabbitmq {routed}, tchu {ours}"));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:?}");
+    eprintln!(
+        "{} patterns x {} keys agree with RabbitMQ",
+        patterns.len(),
+        keys.len()
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    let _ = client.delete_exchange(&names.exchange).await;
+}
+
+/// The runtime's trie, through the facade's hidden module.
+mod tchu_runtime_trie {
+    #[derive(Default)]
+    pub(super) struct Trie(tchu::__private::TopicTrie<usize>);
+    impl Trie {
+        pub(super) fn insert(&mut self, p: &str, i: usize) {
+            self.0.insert(&tchu::Pattern::new(p).expect("pattern"), i);
+        }
+        pub(super) fn matches(&self, key: &str) -> Vec<usize> {
+            self.0.matches(key).into_iter().copied().collect()
+        }
+    }
+}

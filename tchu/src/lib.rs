@@ -38,7 +38,7 @@ pub mod __private {
     };
     pub use tchu_runtime::{CallError, Client, PublishError};
     /// For tests of the link-time registry.
-    pub use tchu_runtime::{Outcome, Registry};
+    pub use tchu_runtime::{Outcome, Registry, TopicTrie};
 
     /// The compile-time check that a handler of `Req` returns `Req::Response`: `Self` is the
     /// handler's success type and `Resp` the response type it must be.
