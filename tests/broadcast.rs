@@ -342,14 +342,7 @@ async fn an_invalid_event_is_refused_and_nothing_is_sent() {
     .await
     .expect("valid");
     let q = names.service("signup");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while r.stats().handled < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "valid event not handled"
-        );
-        tokio::task::yield_now().await;
-    }
+    assert_eq!(recv_n(&mut rx, 1).await, vec!["a@b.co".to_owned()]);
     assert_eq!(
         r.stats().received,
         1,
