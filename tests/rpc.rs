@@ -238,3 +238,103 @@ async fn rpc_and_broadcast_handlers_in_one_service_do_not_interfere() {
     r.shutdown().await;
     names.cleanup(&c, &["responder"], &[]).await;
 }
+
+/// A typed request.
+#[tchu::event(topic = "rpc.typed.validate", response = ValidateReply)]
+#[derive(Debug)]
+pub struct ValidateUser {
+    #[validate(email)]
+    email: String,
+}
+
+/// Its reply.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ValidateReply {
+    ok: bool,
+}
+
+/// A request whose declared reply does not match what the responder sends.
+#[tchu::event(topic = "rpc.typed.validate", response = Mismatched)]
+#[derive(Debug)]
+pub struct ValidateMismatched {
+    email: String,
+}
+
+/// Not what the responder sends.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Mismatched {
+    count: u64,
+}
+
+#[tchu::subscribe(ValidateUser)]
+async fn validate(req: ValidateUser) -> Result<ValidateReply, RpcError> {
+    Ok(ValidateReply {
+        ok: !req.email.starts_with("taken"),
+    })
+}
+
+#[tokio::test]
+async fn typed_calls_validate_both_ends_and_check_the_reply_type() {
+    let names = Names::new("rpctyped");
+    let r = App::new(names.config())
+        .service(names.service("typed"))
+        .only_module(module_path!())
+        .start()
+        .await
+        .expect("start");
+    let c = r.client().clone();
+    let t = Duration::from_secs(10);
+    let reply = ValidateUser {
+        email: "a@b.co".into(),
+    }
+    .call_with(&c, Some(t))
+    .await
+    .expect("call");
+    assert!(reply.ok);
+
+    let started = Instant::now();
+    match (ValidateUser {
+        email: "nope".into(),
+    })
+    .call_with(&c, Some(t))
+    .await
+    {
+        Err(CallError::Invalid {
+            errors: Some(e), ..
+        }) => assert!(e.field_errors().contains_key("email")),
+        other => panic!("expected local Invalid, got {other:?}"),
+    }
+    eprintln!("invalid (local): {:?}", started.elapsed());
+    assert_eq!(r.stats().received, 1, "the invalid request was never sent");
+
+    let started = Instant::now();
+    match c
+        .call(
+            "rpc.typed.validate",
+            &serde_json::json!({"email": "nope"}),
+            Some(t),
+        )
+        .await
+    {
+        Err(CallError::Invalid {
+            errors: None,
+            message,
+        }) => assert!(message.contains("email"), "{message}"),
+        other => panic!("expected remote Invalid, got {other:?}"),
+    }
+    eprintln!("invalid (remote): {:?}", started.elapsed());
+
+    let started = Instant::now();
+    match (ValidateMismatched {
+        email: "a@b.co".into(),
+    })
+    .call_with(&c, Some(t))
+    .await
+    {
+        Err(CallError::BadReply { topic, .. }) => assert_eq!(topic, "rpc.typed.validate"),
+        other => panic!("expected BadReply, got {other:?}"),
+    }
+    eprintln!("bad reply: {:?}", started.elapsed());
+    r.shutdown().await;
+    names.cleanup(&c, &["typed"], &[]).await;
+}
