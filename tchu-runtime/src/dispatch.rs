@@ -178,6 +178,26 @@ impl Dispatcher {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(routing_key = %message.routing_key, reason = %e, "undecodable message dead-lettered");
+                let native_rpc = headers_kind_is_rpc(&message);
+                if let (true, Some(reply_to), Some(cid)) = (
+                    native_rpc,
+                    message.properties.reply_to.as_deref(),
+                    message.properties.correlation_id.as_deref(),
+                ) {
+                    // The caller is waiting: tell it now rather than at its deadline.
+                    let reply = Reply::Invalid(e.to_string());
+                    let mut r = wire::encode_reply(
+                        wire::WireFormat::Native,
+                        &message.routing_key,
+                        "",
+                        cid,
+                        &reply,
+                    );
+                    r.routing_key = reply_to.to_owned();
+                    if let Err(err) = self.broker().publish("", &r, false).await {
+                        tracing::warn!(error = %err, "rpc reply not sent");
+                    }
+                }
                 self.dead_letter(&message, &e.to_string(), None, attempt, first_failure)
                     .await?;
                 return Ok(Settle::Ack);
@@ -434,6 +454,14 @@ impl Dispatcher {
         bump(&self.stats.retried);
         Ok(())
     }
+}
+
+fn headers_kind_is_rpc(m: &Message) -> bool {
+    m.properties
+        .headers
+        .get(wire::json::KIND_HEADER)
+        .and_then(HeaderValue::as_str)
+        == Some("rpc")
 }
 
 async fn settle_with(acker: &Acker, settle: Settle) {
