@@ -271,6 +271,25 @@ pub fn pattern_matches(pattern: &str, key: &str) -> bool {
     go(&p, &k)
 }
 
+/// The foundation issue's pattern table: each key with the patterns that match it (the others
+/// must not). Shared by the matcher's and the memory broker's tests.
+#[cfg(test)]
+pub(crate) const PATTERNS: [&str; 5] = ["user.created", "user.*", "user.#", "*.created", "#"];
+
+/// See [`PATTERNS`].
+#[cfg(test)]
+pub(crate) const PATTERN_TABLE: &[(&str, &[&str])] = &[
+    (
+        "user.created",
+        &["user.created", "user.*", "user.#", "*.created", "#"],
+    ),
+    ("user.profile.updated", &["user.#", "#"]),
+    ("user", &["user.#", "#"]),
+    ("order.created", &["*.created", "#"]),
+    ("order", &["#"]),
+    ("user.deleted", &["user.*", "user.#", "#"]),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,18 +314,7 @@ mod tests {
     /// The table of the foundation issue, including the non-matches.
     #[test]
     fn pattern_table() {
-        let patterns = ["user.created", "user.*", "user.#", "*.created", "#"];
-        let table: &[(&str, &[&str])] = &[
-            (
-                "user.created",
-                &["user.created", "user.*", "user.#", "*.created", "#"],
-            ),
-            ("user.profile.updated", &["user.#", "#"]),
-            ("user", &["user.#", "#"]),
-            ("order.created", &["*.created", "#"]),
-            ("order", &["#"]),
-            ("user.deleted", &["user.*", "user.#", "#"]),
-        ];
+        let (patterns, table) = (PATTERNS, PATTERN_TABLE);
         let mut trie = TopicTrie::new();
         for p in patterns {
             trie.insert(&Pattern::new(p).unwrap(), p);
