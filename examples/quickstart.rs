@@ -171,3 +171,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     Ok(())
 }
+
+/// The services' handlers tested with `tchu::testing`, no RabbitMQ: `cargo test --example quickstart`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tchu::CallError;
+    use tchu::testing::TestApp;
+
+    #[tokio::test]
+    async fn users_answers_rpc_and_its_events_are_captured() {
+        let (log, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let app = App::new(Config::memory(&MemoryBroker::new()))
+            .service("users")
+            .only_module("quickstart::users")
+            .state(log);
+        let t = TestApp::start(app).await.expect("start");
+        let wait = Some(Duration::from_secs(5));
+        let taken = ValidateUser {
+            email: "bob@taken.example".into(),
+        };
+        assert!(
+            matches!(taken.call_with(t.client(), wait).await, Err(CallError::Remote { code, .. }) if code == "EMAIL_TAKEN")
+        );
+        UserDeleted { user_id: 9 }
+            .publish_with(t.client())
+            .await
+            .expect("publish");
+        let seen = t
+            .published::<UserDeleted>(1, Duration::from_secs(5))
+            .await
+            .expect("captured");
+        assert_eq!(seen[0].user_id, 9);
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.recv())
+            .await
+            .expect("handled");
+        assert_eq!(
+            line.as_deref(),
+            Some("[users]         cleaning up after user 9")
+        );
+        t.shutdown().await;
+    }
+}

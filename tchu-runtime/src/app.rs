@@ -72,6 +72,11 @@ impl App {
         Ok(App::new(Config::from_env()?))
     }
 
+    /// The settings so far.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Sets the service name (its queue's name).
     #[must_use]
     pub fn service(mut self, name: impl Into<String>) -> Self {

@@ -73,6 +73,11 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The client of the service that received this delivery (for nested publishes).
+    pub fn client(&self) -> Option<&crate::client::Client> {
+        self.client.as_ref()
+    }
+
     /// A delivery for unit tests of extractors and handlers.
     pub fn for_test(topic: &str, event: serde_json::Value) -> Self {
         Delivery {

@@ -15,6 +15,7 @@ pub mod message;
 mod registry;
 mod retry;
 mod rpc;
+pub mod testing;
 pub mod topic;
 mod topology;
 pub mod wire;

@@ -11,6 +11,7 @@ pub use tchu_runtime::{
 };
 
 pub use tchu_runtime::headers;
+pub use tchu_runtime::testing;
 pub use tchu_runtime::wire::WireFormat;
 
 /// Settings defaults and helpers.
