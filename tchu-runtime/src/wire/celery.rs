@@ -1,5 +1,5 @@
 //! Celery task messages as Python tchu-tchu 3.0.4 sends and accepts them.
-//! See `../shared/fixtures/tchu-tchu-3.0.4/README.md` for the ground truth.
+//! See `tests/fixtures/tchu-tchu-3.0.4/README.md` (a copy of the shared captures) for the ground truth.
 //!
 //! # Receiving
 //! - **Protocol v2** (`TchuClient.publish` / `TchuClient.call`): the task name is in the `task`
@@ -870,7 +870,7 @@ mod tests {
             (
                 $name,
                 include_str!(concat!(
-                    "../../../../shared/fixtures/tchu-tchu-3.0.4/",
+                    "../../../tests/fixtures/tchu-tchu-3.0.4/",
                     $name,
                     ".json"
                 )),
