@@ -83,7 +83,8 @@ impl Client {
     }
 
     /// Sends the dead letters of `service` for which `keep` is true back to the service queue
-    /// (with their original topic, attempts reset); the others stay. Returns how many went.
+    /// (with their original topic, attempts reset, and only for the handler that failed, if
+    /// one did); the others stay. Returns how many went.
     ///
     /// # Errors
     /// Broker failures.
@@ -113,6 +114,12 @@ impl Client {
                     TOPIC_HEADER.to_owned(),
                     HeaderValue::from(dl.original_routing_key.as_str()),
                 );
+                // Only the handler that failed runs again: its siblings already succeeded.
+                if let Some(h) = &dl.handler {
+                    m.properties
+                        .headers
+                        .insert(HANDLERS_HEADER.to_owned(), HeaderValue::from(h.as_str()));
+                }
                 self.put(service, m).await?;
                 n += 1;
             } else {

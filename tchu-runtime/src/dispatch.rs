@@ -260,8 +260,11 @@ impl Dispatcher {
         let entries: Vec<&HandlerEntry> =
             idx.iter().map(|&i| &self.registry.entries()[i]).collect();
         let outcomes = join_all(entries.iter().map(|e| {
-            let fut = (e.handler)(Arc::clone(&delivery));
-            AssertUnwindSafe(fut).catch_unwind()
+            // The handler is called inside the guarded future: a panic while it builds its
+            // future (before its first await) is caught like one inside it, instead of
+            // unwinding through the dispatcher and leaving the delivery unsettled.
+            let d = Arc::clone(&delivery);
+            AssertUnwindSafe(async move { (e.handler)(d).await }).catch_unwind()
         }))
         .await;
         let outcomes: Vec<Result<serde_json::Value, Failure>> = outcomes
