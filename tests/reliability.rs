@@ -174,7 +174,10 @@ mod t_retry {
     ) -> Result<(), HandlerError> {
         probe.send(("flaky", meta.attempt, Instant::now()));
         if meta.attempt < 3 {
-            Err(HandlerError::transient(format!("not yet ({})", meta.attempt)))
+            Err(HandlerError::transient(format!(
+                "not yet ({})",
+                meta.attempt
+            )))
         } else {
             Ok(())
         }
@@ -209,7 +212,11 @@ async fn failing_handler_is_retried_after_the_delays_and_its_sibling_runs_once()
         .filter(|s| s.0 == "flaky")
         .map(|s| (s.1, s.2))
         .collect();
-    let sibling: Vec<u32> = got.iter().filter(|s| s.0 == "sibling").map(|s| s.1).collect();
+    let sibling: Vec<u32> = got
+        .iter()
+        .filter(|s| s.0 == "sibling")
+        .map(|s| s.1)
+        .collect();
     assert_eq!(
         flaky.iter().map(|f| f.0).collect::<Vec<_>>(),
         vec![1, 2, 3],
@@ -229,7 +236,10 @@ async fn failing_handler_is_retried_after_the_delays_and_its_sibling_runs_once()
     let s = r.stats();
     assert_eq!(s.dead_lettered, 0, "{s:?}");
     let svc = names.service("svc");
-    assert_eq!(client.queue_len(&format!("{svc}.dlq")).await.expect("dlq"), 0);
+    assert_eq!(
+        client.queue_len(&format!("{svc}.dlq")).await.expect("dlq"),
+        0
+    );
     r.shutdown().await;
     names
         .cleanup(&client, &["svc"], &[&format!("{svc}.retry.200ms")])
@@ -522,7 +532,10 @@ const POISON: &[(&str, &[&str])] = &[
     ("typed_wrong_shape", &["rejected: cannot decode"]),
     ("typed_invalid_email", &["rejected: invalid"]),
     ("too_large", &["exceeds the limit of 4096 bytes"]),
-    ("unknown_content_type", &["unsupported content type `text/plain`"]),
+    (
+        "unknown_content_type",
+        &["unsupported content type `text/plain`"],
+    ),
     ("celery_body_not_array", &["must be a JSON array"]),
     ("celery_args_not_list", &["args must be a list"]),
     ("celery_args0_not_json", &["args[0] is not a JSON document"]),
@@ -550,7 +563,11 @@ fn poison(kind: &str, i: usize) -> (&'static str, Vec<u8>, BasicProperties) {
     match kind {
         "random_bytes" => {
             let body: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-            ("poison.plain", body, BasicProperties::default().with_headers(h))
+            (
+                "poison.plain",
+                body,
+                BasicProperties::default().with_headers(h),
+            )
         }
         "invalid_utf8" => ("poison.plain", b"{\"n\": \"\xff\xfe\"}".to_vec(), plain),
         "invalid_json" => ("poison.plain", b"{\"n\": 1,".to_vec(), plain),
@@ -563,12 +580,16 @@ fn poison(kind: &str, i: usize) -> (&'static str, Vec<u8>, BasicProperties) {
         ),
         "typed_invalid_email" => (
             "poison.signup",
-            json!({"email": "not-an-email", "n": i}).to_string().into_bytes(),
+            json!({"email": "not-an-email", "n": i})
+                .to_string()
+                .into_bytes(),
             plain,
         ),
         "too_large" => (
             "poison.plain",
-            json!({"n": i, "pad": "x".repeat(5000)}).to_string().into_bytes(),
+            json!({"n": i, "pad": "x".repeat(5000)})
+                .to_string()
+                .into_bytes(),
             plain,
         ),
         "unknown_content_type" => (
@@ -682,8 +703,7 @@ async fn poison_messages_are_dead_lettered_and_the_consumer_never_stops() {
     let (mut bad, mut good) = (0usize, 0u64);
     // Two malformed, one valid, and so on.
     while bad < BAD || good < GOOD {
-        let (key, body, props) = if good < GOOD && (bad >= BAD || (bad + good as usize) % 3 == 2)
-        {
+        let (key, body, props) = if good < GOOD && (bad >= BAD || (bad + good as usize) % 3 == 2) {
             good += 1;
             valid(good - 1)
         } else {
@@ -698,7 +718,11 @@ async fn poison_messages_are_dead_lettered_and_the_consumer_never_stops() {
 
     let mut handled: Vec<u64> = recv_n(&mut rx, GOOD as usize).await;
     handled.sort_unstable();
-    assert_eq!(handled, (0..GOOD).collect::<Vec<_>>(), "every valid event once");
+    assert_eq!(
+        handled,
+        (0..GOOD).collect::<Vec<_>>(),
+        "every valid event once"
+    );
     wait_stats(&r, "1000 dead letters", |s| s.dead_lettered == BAD as u64).await;
     // The consumer is still there.
     client

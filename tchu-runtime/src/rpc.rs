@@ -75,6 +75,13 @@ async fn route_replies(mut consumer: ReplyConsumer, pending: Pending) {
             tracing::debug!("reply without correlation id dropped");
             continue;
         };
+        // A Celery worker with `task_track_started` (or a retrying task) sends STARTED/RETRY
+        // states before the result: not the answer, keep waiting.
+        if !crate::wire::json::is_native_reply(&msg) && crate::wire::celery::is_interim_reply(&msg)
+        {
+            tracing::debug!(correlation_id = %id, "interim Celery reply skipped");
+            continue;
+        }
         let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
         match tx {
             Some(tx) => {

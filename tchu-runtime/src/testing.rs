@@ -147,12 +147,11 @@ impl TestApp {
             match tokio::time::timeout_at(deadline, capture.next()).await {
                 Ok(Some(Ok(d))) => {
                     let _ = d.acker.ack().await;
-                    if let Ok(dec) = wire::decode(&d.message, usize::MAX) {
-                        if dec.kind != Kind::Rpc {
-                            if let Ok(mut s) = self.seen.lock() {
-                                s.push((dec.topic, dec.event));
-                            }
-                        }
+                    if let Ok(dec) = wire::decode(&d.message, usize::MAX)
+                        && dec.kind != Kind::Rpc
+                        && let Ok(mut s) = self.seen.lock()
+                    {
+                        s.push((dec.topic, dec.event));
                     }
                 }
                 _ => {
