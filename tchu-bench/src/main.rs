@@ -1,0 +1,145 @@
+//! tchu against raw lapin on a real RabbitMQ.
+//!
+//! ```text
+//! tchu-bench all   [--out DIR] [--only w1,w2,..] [--reps N]   full run (several minutes)
+//! tchu-bench smoke [--out DIR] [--only ..]                    every workload at tiny sizes
+//! tchu-bench child-service SIDE EXCHANGE PREFIX N             (internal: memory child)
+//! ```
+//! Workloads: publish, e2e, paced, rpc, fanout, memory. The broker is `TCHU_BENCH_URL`
+//! (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod common;
+mod raw;
+mod report;
+mod sides;
+mod workloads;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use common::Res;
+use report::Samples;
+use sides::Side;
+use workloads::Sizes;
+
+const WORKLOADS: [&str; 6] = ["publish", "e2e", "paced", "rpc", "fanout", "memory"];
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: tchu-bench all|smoke [--out DIR] [--only {}] [--reps N]",
+        WORKLOADS.join(",")
+    );
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("child-service") => child(&args[1..]).await,
+        Some("all") => harness(Sizes::FULL, &args[1..], true).await,
+        Some("smoke") => harness(Sizes::SMOKE, &args[1..], false).await,
+        _ => usage(),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn child(args: &[String]) -> Res<()> {
+    let [side, exchange, prefix, n] = args else {
+        usage()
+    };
+    let side = Side::parse(side).ok_or("bad side")?;
+    workloads::child_service(side, exchange, prefix, n.parse()?).await
+}
+
+async fn harness(mut sizes: Sizes, args: &[String], full: bool) -> Res<()> {
+    let mut out: Option<PathBuf> = None;
+    let mut only: Vec<String> = WORKLOADS.iter().map(|s| (*s).to_owned()).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--out" => out = Some(it.next().unwrap_or_else(|| usage()).into()),
+            "--only" => {
+                only = it
+                    .next()
+                    .unwrap_or_else(|| usage())
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+            }
+            "--reps" => sizes.reps = it.next().unwrap_or_else(|| usage()).parse()?,
+            _ => usage(),
+        }
+    }
+    if let Some(w) = only.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+        return Err(format!("unknown workload `{w}`").into());
+    }
+    let out = out.unwrap_or_else(|| {
+        if full {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../benchmarks"))
+        } else {
+            std::env::temp_dir().join("tchu-bench-smoke")
+        }
+    });
+    std::fs::create_dir_all(&out)?;
+    println!("sizes: {sizes:?}");
+    println!("broker: {}", tchu::config::redact(&common::broker_url()));
+    let sides = [Side::Raw, Side::Celery, Side::Native];
+    let mut samples = Samples::new();
+    let started = Instant::now();
+    for w in WORKLOADS.iter().filter(|w| only.iter().any(|o| o == *w)) {
+        for rep in 0..sizes.reps {
+            for side in sides {
+                let t = Instant::now();
+                let r = match *w {
+                    "publish" => workloads::publish(side, &sizes).await,
+                    "e2e" => workloads::e2e(side, &sizes).await,
+                    "paced" => workloads::paced(side, &sizes).await,
+                    "rpc" => workloads::rpc(side, &sizes).await,
+                    "fanout" => workloads::fanout(side, &sizes).await,
+                    _ => workloads::memory(side, &sizes).await,
+                };
+                let m = r.map_err(|e| format!("{w} ({}, run {}): {e}", side.label(), rep + 1))?;
+                let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v:.3}")).collect();
+                println!(
+                    "{w:8} run {} {:12} {:5.1}s  {}",
+                    rep + 1,
+                    side.label(),
+                    t.elapsed().as_secs_f64(),
+                    shown.join(" ")
+                );
+                for (k, v) in m {
+                    samples.entry((k, side)).or_default().push(v);
+                }
+                raw::settle().await;
+            }
+        }
+    }
+    let total = started.elapsed();
+    let table = report::table(&samples);
+    println!("\n{table}");
+    println!("total time: {:.0} s", total.as_secs_f64());
+    let mut md = format!(
+        "Sizes: {sizes:?}\n\nTotal harness time: {:.0} s\n\n{table}",
+        total.as_secs_f64()
+    );
+    md.push_str("\nRaw samples (one per run, in run order):\n\n```\n");
+    for ((k, side), v) in &samples {
+        let vs: Vec<String> = v.iter().map(|x| format!("{x:.4}")).collect();
+        md.push_str(&format!("{k:14} {:12} {}\n", side.label(), vs.join(" ")));
+    }
+    md.push_str("```\n");
+    std::fs::write(out.join("results.md"), md)?;
+    let svg = out.join("results.svg");
+    report::plot(&samples, &svg)?;
+    println!(
+        "wrote {} and {}",
+        out.join("results.md").display(),
+        svg.display()
+    );
+    Ok(())
+}

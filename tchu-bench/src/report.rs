@@ -1,0 +1,387 @@
+//! The results table (medians, spread, ratios, targets) and the SVG plot.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::common::{Res, median};
+use crate::sides::Side;
+
+/// A target from the issue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
+    /// tchu/raw ≥ x.
+    RatioAtLeast(f64),
+    /// tchu/raw ≤ x.
+    RatioAtMost(f64),
+    /// tchu's value ≤ x (absolute).
+    AtMost(f64),
+}
+
+/// One row of the table.
+#[derive(Debug)]
+pub(crate) struct Row {
+    pub(crate) key: &'static str,
+    pub(crate) workload: &'static str,
+    pub(crate) metric: &'static str,
+    pub(crate) target: Option<Target>,
+}
+
+pub(crate) const ROWS: &[Row] = &[
+    Row {
+        key: "publish_seq",
+        workload: "1 publish, 1 task (confirm awaited each)",
+        metric: "events/s",
+        target: Some(Target::RatioAtLeast(0.9)),
+    },
+    Row {
+        key: "publish_conc",
+        workload: "1 publish, 64 tasks",
+        metric: "events/s",
+        target: Some(Target::RatioAtLeast(0.9)),
+    },
+    Row {
+        key: "e2e",
+        workload: "2 end-to-end, 1 service",
+        metric: "events/s",
+        target: Some(Target::RatioAtLeast(0.9)),
+    },
+    Row {
+        key: "paced_p50",
+        workload: "3 paced 1,000/s",
+        metric: "p50 ms",
+        target: Some(Target::RatioAtMost(1.2)),
+    },
+    Row {
+        key: "paced_p95",
+        workload: "3 paced 1,000/s",
+        metric: "p95 ms",
+        target: None,
+    },
+    Row {
+        key: "paced_p99",
+        workload: "3 paced 1,000/s",
+        metric: "p99 ms",
+        target: Some(Target::RatioAtMost(1.5)),
+    },
+    Row {
+        key: "rpc_p50",
+        workload: "4 RPC sequential",
+        metric: "p50 ms",
+        target: Some(Target::RatioAtMost(1.2)),
+    },
+    Row {
+        key: "rpc_p95",
+        workload: "4 RPC sequential",
+        metric: "p95 ms",
+        target: None,
+    },
+    Row {
+        key: "rpc_p99",
+        workload: "4 RPC sequential",
+        metric: "p99 ms",
+        target: None,
+    },
+    Row {
+        key: "rpc_seq",
+        workload: "4 RPC sequential",
+        metric: "calls/s",
+        target: None,
+    },
+    Row {
+        key: "rpc_conc",
+        workload: "4 RPC, 16 callers",
+        metric: "calls/s",
+        target: Some(Target::RatioAtLeast(0.9)),
+    },
+    Row {
+        key: "fanout",
+        workload: "5 fan-out to 4 services",
+        metric: "events/s",
+        target: None,
+    },
+    Row {
+        key: "rss_idle",
+        workload: "6 memory, idle service",
+        metric: "RSS MB",
+        target: Some(Target::AtMost(20.0)),
+    },
+    Row {
+        key: "rss_peak",
+        workload: "6 memory, peak under workload 2",
+        metric: "VmHWM MB",
+        target: None,
+    },
+];
+
+/// All samples: (row key, side) → one value per repetition.
+pub(crate) type Samples = BTreeMap<(&'static str, Side), Vec<f64>>;
+
+fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        "–".to_owned()
+    } else if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 100.0 {
+        format!("{v:.1}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn cell(samples: &Samples, key: &'static str, side: Side) -> Option<(f64, String)> {
+    let v = samples.get(&(key, side))?;
+    let med = median(v);
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let s = if v.len() > 1 {
+        format!("{} ({}–{})", fmt_num(med), fmt_num(min), fmt_num(max))
+    } else {
+        fmt_num(med)
+    };
+    Some((med, s))
+}
+
+fn verdict(target: Target, tchu: f64, raw: f64) -> String {
+    let ratio = tchu / raw;
+    match target {
+        Target::RatioAtLeast(x) => {
+            format!("≥ {x}×: {}", if ratio >= x { "met" } else { "NOT met" })
+        }
+        Target::RatioAtMost(x) => {
+            format!("≤ {x}×: {}", if ratio <= x { "met" } else { "NOT met" })
+        }
+        Target::AtMost(x) => format!("≤ {x}: {}", if tchu <= x { "met" } else { "NOT met" }),
+    }
+}
+
+/// The markdown table.
+pub(crate) fn table(samples: &Samples) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| workload | metric | raw lapin | tchu Celery | ratio | tchu native | ratio | target (Celery / native) |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for row in ROWS {
+        let raw = cell(samples, row.key, Side::Raw);
+        let cel = cell(samples, row.key, Side::Celery);
+        let nat = cell(samples, row.key, Side::Native);
+        if raw.is_none() && cel.is_none() && nat.is_none() {
+            continue;
+        }
+        let ratio = |t: &Option<(f64, String)>| match (t, &raw) {
+            (Some((t, _)), Some((r, _))) => format!("{:.2}", t / r),
+            _ => "–".to_owned(),
+        };
+        let targ = match (row.target, &raw) {
+            (Some(t), Some((r, _))) => {
+                let parts: Vec<String> = [&cel, &nat]
+                    .into_iter()
+                    .map(|x| {
+                        x.as_ref()
+                            .map_or("–".to_owned(), |(v, _)| verdict(t, *v, *r))
+                    })
+                    .collect();
+                parts.join(" / ")
+            }
+            _ => String::new(),
+        };
+        let show = |x: &Option<(f64, String)>| x.as_ref().map_or("–".to_owned(), |c| c.1.clone());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.workload,
+            row.metric,
+            show(&raw),
+            show(&cel),
+            ratio(&cel),
+            show(&nat),
+            ratio(&nat),
+            targ
+        );
+    }
+    out
+}
+
+const SIDES: [Side; 3] = [Side::Raw, Side::Celery, Side::Native];
+
+fn side_color(s: Side) -> RGBColor {
+    match s {
+        Side::Raw => RGBColor(90, 90, 90),
+        Side::Celery => RGBColor(214, 96, 77),
+        Side::Native => RGBColor(67, 147, 195),
+    }
+}
+
+/// Grouped bars of one panel; `log` for latencies.
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    samples: &Samples,
+    title: &str,
+    groups: &[(&'static str, &str)],
+    y_desc: &str,
+    scale: f64,
+    log: bool,
+) -> Res<()> {
+    let value = |k: &'static str, s: Side| samples.get(&(k, s)).map(|v| median(v) * scale);
+    let vals: Vec<f64> = groups
+        .iter()
+        .flat_map(|(k, _)| SIDES.iter().filter_map(move |s| value(k, *s)))
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
+    let max = vals.iter().copied().fold(0.0, f64::max).max(1e-3);
+    let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
+    #[allow(clippy::cast_precision_loss)]
+    let n = groups.len() as f64;
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    let bar_w = 0.8 / SIDES.len() as f64;
+    let labels = |chart_y: f64| -> Vec<(f64, f64, &str)> {
+        groups
+            .iter()
+            .enumerate()
+            .map(|(i, (_, name))| {
+                #[allow(clippy::cast_precision_loss)]
+                let x = i as f64 + 0.5;
+                (x, chart_y, *name)
+            })
+            .collect()
+    };
+    if log {
+        let lo = (min / 2.0).max(1e-3);
+        let hi = max * 2.0;
+        let mut chart = builder.build_cartesian_2d(0f64..n, (lo..hi).log_scale())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc(y_desc)
+            .draw()?;
+        for (si, side) in SIDES.iter().enumerate() {
+            let bars: Vec<Rectangle<(f64, f64)>> = groups
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (k, _))| {
+                    let v = value(k, *side)?;
+                    #[allow(clippy::cast_precision_loss)]
+                    let x0 = i as f64 + 0.1 + bar_w * si as f64;
+                    Some(Rectangle::new(
+                        [(x0, lo), (x0 + bar_w, v)],
+                        side_color(*side).filled(),
+                    ))
+                })
+                .collect();
+            let c = side_color(*side);
+            chart
+                .draw_series(bars)?
+                .label(side.label())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+        }
+        chart.draw_series(labels(lo).into_iter().map(|(x, y, t)| {
+            EmptyElement::at((x, y))
+                + Text::new(
+                    t.to_owned(),
+                    (-30, 8),
+                    ("sans-serif", 12).into_font().color(&BLACK),
+                )
+        }))?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+    } else {
+        let mut chart = builder.build_cartesian_2d(0f64..n, 0f64..max * 1.15)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc(y_desc)
+            .draw()?;
+        for (si, side) in SIDES.iter().enumerate() {
+            let bars: Vec<Rectangle<(f64, f64)>> = groups
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (k, _))| {
+                    let v = value(k, *side)?;
+                    #[allow(clippy::cast_precision_loss)]
+                    let x0 = i as f64 + 0.1 + bar_w * si as f64;
+                    Some(Rectangle::new(
+                        [(x0, 0.0), (x0 + bar_w, v)],
+                        side_color(*side).filled(),
+                    ))
+                })
+                .collect();
+            let c = side_color(*side);
+            chart
+                .draw_series(bars)?
+                .label(side.label())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+        }
+        chart.draw_series(labels(0.0).into_iter().map(|(x, y, t)| {
+            EmptyElement::at((x, y))
+                + Text::new(
+                    t.to_owned(),
+                    (-30, 8),
+                    ("sans-serif", 12).into_font().color(&BLACK),
+                )
+        }))?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// Writes the SVG: latency percentiles (log scale) and throughput, raw vs tchu.
+pub(crate) fn plot(samples: &Samples, path: &Path) -> Res<()> {
+    let root = SVGBackend::new(path, (1400, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(640);
+    panel(
+        &left,
+        samples,
+        "Latency (median of runs), ms, log scale",
+        &[
+            ("paced_p50", "paced p50"),
+            ("paced_p95", "paced p95"),
+            ("paced_p99", "paced p99"),
+            ("rpc_p50", "RPC p50"),
+            ("rpc_p95", "RPC p95"),
+            ("rpc_p99", "RPC p99"),
+        ],
+        "ms",
+        1.0,
+        true,
+    )?;
+    panel(
+        &right,
+        samples,
+        "Throughput (median of runs), thousands per second",
+        &[
+            ("publish_seq", "pub 1 task"),
+            ("publish_conc", "pub 64 tasks"),
+            ("e2e", "end-to-end"),
+            ("fanout", "fan-out x4"),
+            ("rpc_seq", "RPC 1 caller"),
+            ("rpc_conc", "RPC 16 callers"),
+        ],
+        "k/s",
+        1e-3,
+        false,
+    )?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The two implementations behind one face: raw lapin, and tchu in either wire format.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use tchu::{App, BrokerUrl, Client, Config, Delivery, RpcError, Running, WireFormat};
+
+use crate::common::{Counter, Names, Res, WAIT, broker_url};
+use crate::raw;
+
+/// Which implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Side {
+    /// Hand-written lapin.
+    Raw,
+    /// tchu, default (Celery) wire format.
+    Celery,
+    /// tchu, native wire format.
+    Native,
+}
+
+impl Side {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Side::Raw => "raw",
+            Side::Celery => "tchu-celery",
+            Side::Native => "tchu-native",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Side> {
+        [Side::Raw, Side::Celery, Side::Native]
+            .into_iter()
+            .find(|x| x.label() == s)
+    }
+
+    fn format(self) -> WireFormat {
+        match self {
+            Side::Native => WireFormat::Native,
+            Side::Raw | Side::Celery => WireFormat::Celery,
+        }
+    }
+}
+
+/// The prefetch both sides use (tchu's default).
+pub(crate) const PREFETCH: u16 = tchu::config::DEFAULT_PREFETCH;
+
+fn config(side: Side, exchange: &str) -> Res<Config> {
+    let mut c = Config::new(BrokerUrl::parse(&broker_url())?);
+    c.exchange = exchange.to_owned();
+    c.format = side.format();
+    c.publish_timeout = WAIT;
+    c.call_timeout = WAIT;
+    Ok(c)
+}
+
+/// Queues a tchu service declares besides its own.
+pub(crate) fn service_queues(queue: &str) -> Vec<String> {
+    vec![
+        queue.to_owned(),
+        format!("{queue}.dlq"),
+        format!("{queue}.tchu.bindings"),
+    ]
+}
+
+/// Publishes events.
+#[derive(Debug)]
+pub(crate) enum Publisher {
+    Raw(Box<raw::Publisher>),
+    Tchu(Client),
+}
+
+impl Publisher {
+    pub(crate) async fn connect(side: Side, exchange: &str) -> Res<Arc<Self>> {
+        Ok(Arc::new(match side {
+            Side::Raw => Publisher::Raw(Box::new(
+                raw::Publisher::connect(&broker_url(), exchange).await?,
+            )),
+            Side::Celery | Side::Native => {
+                Publisher::Tchu(Client::connect(config(side, exchange)?).await?)
+            }
+        }))
+    }
+
+    pub(crate) async fn publish(&self, topic: &str, event: &serde_json::Value) -> Res<()> {
+        match self {
+            Publisher::Raw(p) => p.publish(topic, event).await,
+            Publisher::Tchu(c) => {
+                c.publish(topic, event).await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn close(&self) {
+        match self {
+            Publisher::Raw(p) => p.close().await,
+            Publisher::Tchu(c) => c.close().await,
+        }
+    }
+}
+
+/// A consuming service counting what it handles.
+#[derive(Debug)]
+pub(crate) enum Service {
+    Raw(raw::Service),
+    Tchu(Running),
+}
+
+impl Service {
+    pub(crate) async fn start(
+        side: Side,
+        names: &Names,
+        name: &str,
+        pattern: &str,
+        counter: Arc<Counter>,
+    ) -> Res<Self> {
+        let queue = names.queue(name);
+        Ok(match side {
+            Side::Raw => Service::Raw(
+                raw::Service::start(
+                    &broker_url(),
+                    &names.exchange,
+                    &queue,
+                    pattern,
+                    PREFETCH,
+                    counter,
+                )
+                .await?,
+            ),
+            Side::Celery | Side::Native => {
+                let app = App::new(config(side, &names.exchange)?)
+                    .service(queue)
+                    .only_module("none")
+                    .prefetch(PREFETCH)
+                    .subscribe(pattern, "bench", move |d: Arc<Delivery>| {
+                        let c = Arc::clone(&counter);
+                        async move {
+                            c.hit(&d.event);
+                            Ok::<(), Infallible>(())
+                        }
+                    });
+                Service::Tchu(app.start().await?)
+            }
+        })
+    }
+
+    /// Stops consuming and closes the connection (queues are deleted by [`cleanup`]).
+    pub(crate) async fn stop(self) {
+        match self {
+            Service::Raw(s) => s.stop().await,
+            Service::Tchu(r) => {
+                let c = r.client().clone();
+                r.shutdown().await;
+                c.close().await;
+            }
+        }
+    }
+}
+
+/// Answers RPC requests on `pattern` with `{"echo": request}`.
+#[derive(Debug)]
+pub(crate) enum Responder {
+    Raw(raw::Responder),
+    Tchu(Running),
+}
+
+impl Responder {
+    pub(crate) async fn start(side: Side, names: &Names, name: &str, pattern: &str) -> Res<Self> {
+        let queue = names.queue(name);
+        Ok(match side {
+            Side::Raw => Responder::Raw(
+                raw::Responder::start(&broker_url(), &names.exchange, &queue, pattern, PREFETCH)
+                    .await?,
+            ),
+            Side::Celery | Side::Native => {
+                let app = App::new(config(side, &names.exchange)?)
+                    .service(queue)
+                    .only_module("none")
+                    .prefetch(PREFETCH)
+                    .subscribe(pattern, "echo", |d: Arc<Delivery>| async move {
+                        Ok::<_, RpcError>(serde_json::json!({ "echo": d.event.clone() }))
+                    });
+                Responder::Tchu(app.start().await?)
+            }
+        })
+    }
+
+    pub(crate) async fn stop(self) {
+        match self {
+            Responder::Raw(s) => s.stop().await,
+            Responder::Tchu(r) => {
+                let c = r.client().clone();
+                r.shutdown().await;
+                c.close().await;
+            }
+        }
+    }
+}
+
+/// Makes RPC calls.
+#[derive(Debug)]
+pub(crate) enum Caller {
+    Raw(Box<raw::Caller>),
+    Tchu(Client),
+}
+
+impl Caller {
+    pub(crate) async fn connect(side: Side, exchange: &str) -> Res<Arc<Self>> {
+        Ok(Arc::new(match side {
+            Side::Raw => Caller::Raw(Box::new(
+                raw::Caller::connect(&broker_url(), exchange).await?,
+            )),
+            Side::Celery | Side::Native => {
+                Caller::Tchu(Client::connect(config(side, exchange)?).await?)
+            }
+        }))
+    }
+
+    pub(crate) async fn call(
+        &self,
+        topic: &str,
+        req: &serde_json::Value,
+    ) -> Res<serde_json::Value> {
+        match self {
+            Caller::Raw(c) => c.call(topic, req).await,
+            Caller::Tchu(c) => Ok(c.call(topic, req, Some(WAIT)).await?),
+        }
+    }
+
+    pub(crate) async fn close(self: Arc<Self>) {
+        match Arc::try_unwrap(self) {
+            Ok(Caller::Raw(c)) => c.close().await,
+            Ok(Caller::Tchu(c)) => c.close().await,
+            Err(shared) => {
+                if let Caller::Tchu(c) = &*shared {
+                    c.close().await;
+                }
+            }
+        }
+    }
+}
+
+/// Deletes every queue of the given service names (with tchu's side queues) and the exchange.
+pub(crate) async fn cleanup(names: &Names, services: &[&str]) {
+    let queues: Vec<String> = services
+        .iter()
+        .flat_map(|s| service_queues(&names.queue(s)))
+        .collect();
+    raw::cleanup(&broker_url(), &queues, &names.exchange).await;
+}
