@@ -174,7 +174,10 @@ mod t_retry {
     ) -> Result<(), HandlerError> {
         probe.send(("flaky", meta.attempt, Instant::now()));
         if meta.attempt < 3 {
-            Err(HandlerError::transient(format!("not yet ({})", meta.attempt)))
+            Err(HandlerError::transient(format!(
+                "not yet ({})",
+                meta.attempt
+            )))
         } else {
             Ok(())
         }
@@ -209,7 +212,11 @@ async fn failing_handler_is_retried_after_the_delays_and_its_sibling_runs_once()
         .filter(|s| s.0 == "flaky")
         .map(|s| (s.1, s.2))
         .collect();
-    let sibling: Vec<u32> = got.iter().filter(|s| s.0 == "sibling").map(|s| s.1).collect();
+    let sibling: Vec<u32> = got
+        .iter()
+        .filter(|s| s.0 == "sibling")
+        .map(|s| s.1)
+        .collect();
     assert_eq!(
         flaky.iter().map(|f| f.0).collect::<Vec<_>>(),
         vec![1, 2, 3],
@@ -229,7 +236,10 @@ async fn failing_handler_is_retried_after_the_delays_and_its_sibling_runs_once()
     let s = r.stats();
     assert_eq!(s.dead_lettered, 0, "{s:?}");
     let svc = names.service("svc");
-    assert_eq!(client.queue_len(&format!("{svc}.dlq")).await.expect("dlq"), 0);
+    assert_eq!(
+        client.queue_len(&format!("{svc}.dlq")).await.expect("dlq"),
+        0
+    );
     r.shutdown().await;
     names
         .cleanup(&client, &["svc"], &[&format!("{svc}.retry.200ms")])
@@ -522,7 +532,10 @@ const POISON: &[(&str, &[&str])] = &[
     ("typed_wrong_shape", &["rejected: cannot decode"]),
     ("typed_invalid_email", &["rejected: invalid"]),
     ("too_large", &["exceeds the limit of 4096 bytes"]),
-    ("unknown_content_type", &["unsupported content type `text/plain`"]),
+    (
+        "unknown_content_type",
+        &["unsupported content type `text/plain`"],
+    ),
     ("celery_body_not_array", &["must be a JSON array"]),
     ("celery_args_not_list", &["args must be a list"]),
     ("celery_args0_not_json", &["args[0] is not a JSON document"]),
@@ -550,7 +563,11 @@ fn poison(kind: &str, i: usize) -> (&'static str, Vec<u8>, BasicProperties) {
     match kind {
         "random_bytes" => {
             let body: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-            ("poison.plain", body, BasicProperties::default().with_headers(h))
+            (
+                "poison.plain",
+                body,
+                BasicProperties::default().with_headers(h),
+            )
         }
         "invalid_utf8" => ("poison.plain", b"{\"n\": \"\xff\xfe\"}".to_vec(), plain),
         "invalid_json" => ("poison.plain", b"{\"n\": 1,".to_vec(), plain),
@@ -563,12 +580,16 @@ fn poison(kind: &str, i: usize) -> (&'static str, Vec<u8>, BasicProperties) {
         ),
         "typed_invalid_email" => (
             "poison.signup",
-            json!({"email": "not-an-email", "n": i}).to_string().into_bytes(),
+            json!({"email": "not-an-email", "n": i})
+                .to_string()
+                .into_bytes(),
             plain,
         ),
         "too_large" => (
             "poison.plain",
-            json!({"n": i, "pad": "x".repeat(5000)}).to_string().into_bytes(),
+            json!({"n": i, "pad": "x".repeat(5000)})
+                .to_string()
+                .into_bytes(),
             plain,
         ),
         "unknown_content_type" => (
@@ -682,8 +703,7 @@ async fn poison_messages_are_dead_lettered_and_the_consumer_never_stops() {
     let (mut bad, mut good) = (0usize, 0u64);
     // Two malformed, one valid, and so on.
     while bad < BAD || good < GOOD {
-        let (key, body, props) = if good < GOOD && (bad >= BAD || (bad + good as usize) % 3 == 2)
-        {
+        let (key, body, props) = if good < GOOD && (bad >= BAD || (bad + good as usize) % 3 == 2) {
             good += 1;
             valid(good - 1)
         } else {
@@ -698,7 +718,11 @@ async fn poison_messages_are_dead_lettered_and_the_consumer_never_stops() {
 
     let mut handled: Vec<u64> = recv_n(&mut rx, GOOD as usize).await;
     handled.sort_unstable();
-    assert_eq!(handled, (0..GOOD).collect::<Vec<_>>(), "every valid event once");
+    assert_eq!(
+        handled,
+        (0..GOOD).collect::<Vec<_>>(),
+        "every valid event once"
+    );
     wait_stats(&r, "1000 dead letters", |s| s.dead_lettered == BAD as u64).await;
     // The consumer is still there.
     client
@@ -768,4 +792,269 @@ async fn poison_messages_are_dead_lettered_and_the_consumer_never_stops() {
     assert_eq!(s.received, BAD as u64 + GOOD + 1);
     r.shutdown().await;
     names.cleanup(&client, &["svc"], &[]).await;
+}
+
+// --- 5. broker connection loss ---------------------------------------------------------------
+
+/// Closes the broker connections whose name contains `marker` (this test's own: other tests
+/// and other users of the broker keep theirs). Returns how many were closed.
+fn close_connections(marker: &str) -> usize {
+    let out = common::rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ]);
+    let mut n = 0;
+    for line in out.lines().filter(|l| l.contains(marker)) {
+        let Some(pid) = line.split('\t').next() else {
+            continue;
+        };
+        common::rabbitmqctl(&["close_connection", pid, "test"]);
+        n += 1;
+    }
+    n
+}
+
+struct LoadResult {
+    confirmed: BTreeSet<u64>,
+    publish_errors: u64,
+    gave_up: u64,
+}
+
+/// Publishes `0..total` with `tasks` publishers, each awaiting its confirm and retrying on
+/// error (until `deadline`); `at(confirms)` is called once when `trigger` confirms are reached.
+async fn publish_load(
+    client: &Client,
+    total: u64,
+    tasks: u64,
+    trigger: usize,
+    at: impl FnOnce() + Send + 'static,
+) -> LoadResult {
+    let confirms = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let fire = {
+        let reached = Arc::clone(&reached);
+        tokio::spawn(async move {
+            reached.notified().await;
+            at();
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let client = client.clone();
+        let confirms = Arc::clone(&confirms);
+        let errors = Arc::clone(&errors);
+        let reached = Arc::clone(&reached);
+        set.spawn(async move {
+            let mut mine = Vec::new();
+            let mut gave_up = 0u64;
+            for n in (t..total).step_by(usize::try_from(tasks).unwrap_or(1)) {
+                loop {
+                    match tokio::time::timeout(WAIT, client.publish("load.event", &json!({"n": n})))
+                        .await
+                    {
+                        Ok(Ok(_)) => {
+                            mine.push(n);
+                            if confirms.fetch_add(1, Ordering::SeqCst) + 1 == trigger {
+                                reached.notify_one();
+                            }
+                            break;
+                        }
+                        Ok(Err(_)) | Err(_) => {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            if Instant::now() > deadline {
+                                gave_up += 1;
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+            (mine, gave_up)
+        });
+    }
+    let mut confirmed = BTreeSet::new();
+    let mut gave_up = 0;
+    while let Some(r) = set.join_next().await {
+        let (mine, g) = r.expect("publisher task");
+        confirmed.extend(mine);
+        gave_up += g;
+    }
+    tokio::time::timeout(WAIT, fire)
+        .await
+        .expect("the trigger never fired")
+        .expect("trigger task");
+    LoadResult {
+        confirmed,
+        publish_errors: errors.load(Ordering::SeqCst),
+        gave_up,
+    }
+}
+
+/// Waits (bounded) until every confirmed event was handled; returns (handled, duplicates).
+async fn await_all(
+    rx: &mut mpsc::UnboundedReceiver<u64>,
+    confirmed: &BTreeSet<u64>,
+    within: Duration,
+) -> (usize, usize) {
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !confirmed.iter().all(|n| seen.contains_key(n)) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(n)) => *seen.entry(n).or_default() += 1,
+            _ => {
+                let missing: Vec<_> = confirmed
+                    .iter()
+                    .filter(|n| !seen.contains_key(n))
+                    .take(20)
+                    .collect();
+                panic!(
+                    "{} of {} confirmed events handled; missing e.g. {missing:?}",
+                    confirmed.iter().filter(|n| seen.contains_key(n)).count(),
+                    confirmed.len()
+                );
+            }
+        }
+    }
+    // Stragglers (duplicates still in flight).
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        *seen.entry(n).or_default() += 1;
+    }
+    let total: usize = seen.values().sum();
+    (total, total - seen.len())
+}
+
+fn load_service(names: &Names, tx: mpsc::UnboundedSender<u64>) -> App {
+    App::new(names.config())
+        .service(names.service("svc"))
+        .only_module("none")
+        .prefetch(500)
+        .subscribe("load.event", "load", move |d: Arc<Delivery>| {
+            let _ = tx.send(d.event["n"].as_u64().unwrap_or(u64::MAX));
+            async { Ok::<(), Infallible>(()) }
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cut_loses_no_confirmed_event() {
+    let names = Names::new("conncut");
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let r = load_service(&names, tx).start().await.expect("start");
+    let mut pc = names.config();
+    pc.service = Some(names.service("publisher")); // the connection's name
+    let publisher = tokio::time::timeout(WAIT, Client::connect(pc))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    assert!(publisher.is_connected());
+
+    const TOTAL: u64 = 10_000;
+    let marker = names.prefix.clone();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let closed2 = Arc::clone(&closed);
+    let t0 = Instant::now();
+    let res = publish_load(&publisher, TOTAL, 8, 2_000, move || {
+        let closed = closed2;
+        tokio::task::spawn_blocking(move || {
+            let n = close_connections(&marker);
+            eprintln!("closed {n} connections after 2,000 confirms");
+            closed.store(n, Ordering::SeqCst);
+        });
+    })
+    .await;
+    let publish_time = t0.elapsed();
+    wait_until("the connections were closed", WAIT, || {
+        let n = closed.load(Ordering::SeqCst);
+        async move { n > 0 }
+    })
+    .await;
+    let (handled, dups) = await_all(&mut rx, &res.confirmed, Duration::from_secs(90)).await;
+    eprintln!(
+        "connection cut: sent {TOTAL}, confirmed {}, publish errors retried {}, gave up {}, handled {handled} ({} distinct), duplicates {dups}, publishing took {publish_time:?}, {} connections closed",
+        res.confirmed.len(),
+        res.publish_errors,
+        res.gave_up,
+        handled - dups,
+        closed.load(Ordering::SeqCst)
+    );
+    assert!(closed.load(Ordering::SeqCst) >= 2, "both connections cut");
+    assert_eq!(
+        res.confirmed.len() as u64,
+        TOTAL,
+        "every publish eventually confirmed"
+    );
+    // The service still serves after the cut.
+    publisher
+        .publish("load.event", &json!({"n": TOTAL}))
+        .await
+        .expect("publish after recovery");
+    let after = BTreeSet::from([TOTAL]);
+    await_all(&mut rx, &after, WAIT).await;
+    assert!(r.client().is_connected() && publisher.is_connected());
+    r.shutdown().await;
+    names.cleanup(&publisher, &["svc"], &[]).await;
+    publisher.close().await;
+}
+
+/// Starts the broker again when dropped, whatever happened.
+struct StartAppGuard;
+
+impl Drop for StartAppGuard {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .output();
+        eprintln!("rabbitmqctl start_app: {:?}", out.map(|o| o.status));
+    }
+}
+
+/// Like the connection cut, but the broker application stops and starts again. It stops the
+/// broker for everyone using it, hence ignored by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the shared broker: run alone with --ignored"]
+async fn broker_restart_loses_no_confirmed_event() {
+    let names = Names::new("restart");
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let r = load_service(&names, tx).start().await.expect("start");
+    let publisher = names.client().await;
+    let guard = Arc::new(std::sync::Mutex::new(Some(StartAppGuard)));
+    let g2 = Arc::clone(&guard);
+    let restarted = Arc::new(AtomicBool::new(false));
+    let restarted2 = Arc::clone(&restarted);
+    const TOTAL: u64 = 10_000;
+    let t0 = Instant::now();
+    let res = publish_load(&publisher, TOTAL, 8, 2_000, move || {
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            common::rabbitmqctl(&["stop_app"]);
+            eprintln!("broker stopped in {:?}", t.elapsed());
+            std::thread::sleep(Duration::from_secs(2));
+            // Dropping the guard runs start_app.
+            drop(g2.lock().map(|mut g| g.take()));
+            eprintln!("broker started again after {:?}", t.elapsed());
+            restarted2.store(true, Ordering::SeqCst);
+        });
+    })
+    .await;
+    wait_until("the broker restart", Duration::from_secs(120), || {
+        let done = restarted.load(Ordering::SeqCst);
+        async move { done }
+    })
+    .await;
+    let (handled, dups) = await_all(&mut rx, &res.confirmed, Duration::from_secs(120)).await;
+    eprintln!(
+        "broker restart: sent {TOTAL}, confirmed {}, publish errors retried {}, gave up {}, handled {handled}, duplicates {dups}, took {:?}",
+        res.confirmed.len(),
+        res.publish_errors,
+        res.gave_up,
+        t0.elapsed()
+    );
+    r.shutdown().await;
+    names.cleanup(&publisher, &["svc"], &[]).await;
+    drop(guard);
 }
