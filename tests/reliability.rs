@@ -1058,3 +1058,161 @@ async fn broker_restart_loses_no_confirmed_event() {
     names.cleanup(&publisher, &["svc"], &[]).await;
     drop(guard);
 }
+
+// --- 6. SIGTERM under load -------------------------------------------------------------------
+
+/// A worker process, killed (SIGKILL) if still running when dropped.
+struct Worker(std::process::Child);
+
+impl Worker {
+    fn start(bin: &std::path::Path, names: &Names, out: &std::path::Path) -> Worker {
+        let child = std::process::Command::new(bin)
+            .env("TCHU_BROKER_URL", common::broker_url())
+            .env("TCHU_EXCHANGE", &names.exchange)
+            .env("TCHU_SERVICE", names.service("worker"))
+            .env("WORKER_OUT", out)
+            .env("WORKER_DELAY_MS", "1")
+            .spawn()
+            .expect("start the worker");
+        Worker(child)
+    }
+
+    fn term(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.0.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the worker did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Builds `examples/worker.rs` (a no-op when up to date) and returns its path, next to this
+/// test binary: `<target>/debug/examples/worker`.
+fn worker_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "tchu", "--example", "worker"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build --example worker");
+    assert!(status.success(), "building the worker example failed");
+    let bin = profile_dir.join("examples").join("worker");
+    assert!(bin.exists(), "no worker binary at {}", bin.display());
+    bin
+}
+
+fn lines(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_nothing() {
+    let bin = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::task::spawn_blocking(worker_binary),
+    )
+    .await
+    .expect("building the worker timed out")
+    .expect("build task");
+    let names = Names::new("sigterm");
+    let queue = names.service("worker");
+    let out = std::env::temp_dir().join(format!("{}.out", names.prefix));
+    let _ = std::fs::remove_file(&out);
+    let client = names.client().await;
+
+    let mut first = Worker::start(&bin, &names, &out);
+    wait_until(
+        "the first worker consuming",
+        Duration::from_secs(60),
+        || {
+            let q = queue.clone();
+            async move { consumer_count(&q).await > 0 }
+        },
+    )
+    .await;
+
+    const TOTAL: u64 = 5_000;
+    let publisher = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for n in 0..TOTAL {
+                tokio::time::timeout(WAIT, client.publish("work.item", &json!({"n": n})))
+                    .await
+                    .expect("publish timed out")
+                    .expect("publish");
+            }
+        })
+    };
+    wait_until("1,500 events handled", Duration::from_secs(60), || {
+        let n = lines(&out).len();
+        async move { n >= 1_500 }
+    })
+    .await;
+    first.term();
+    let status = first.wait(Duration::from_secs(40)).await;
+    let at_exit = lines(&out);
+    eprintln!(
+        "first worker: exit {status:?} after {} lines",
+        at_exit.len()
+    );
+    assert!(status.success(), "graceful exit: {status:?}");
+
+    let mut second = Worker::start(&bin, &names, &out);
+    tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("publishing timed out")
+        .expect("publisher");
+    wait_until("every event in the file", Duration::from_secs(120), || {
+        let all: BTreeSet<u64> = lines(&out).into_iter().collect();
+        async move { all.len() as u64 == TOTAL }
+    })
+    .await;
+    second.term();
+    let status = second.wait(Duration::from_secs(40)).await;
+    assert!(status.success(), "graceful exit: {status:?}");
+    let all = lines(&out);
+    let distinct: BTreeSet<u64> = all.iter().copied().collect();
+    eprintln!(
+        "sigterm: published {TOTAL}, lines {}, distinct {}, duplicates {}, handled by the first worker {}",
+        all.len(),
+        distinct.len(),
+        all.len() - distinct.len(),
+        at_exit.len()
+    );
+    assert_eq!(distinct, (0..TOTAL).collect::<BTreeSet<_>>());
+    assert_eq!(client.queue_len(&queue).await.expect("len"), 0);
+    let _ = std::fs::remove_file(&out);
+    names.cleanup(&client, &["worker"], &[]).await;
+}

@@ -20,6 +20,9 @@ use crate::retry::RetryPolicy;
 use crate::topic::Pattern;
 use crate::topology::Topology;
 
+/// Keeps or drops a link-time subscription.
+type Filter = Box<dyn Fn(&Subscription) -> bool + Send + Sync>;
+
 /// A service being configured.
 ///
 /// ```no_run
@@ -30,7 +33,7 @@ use crate::topology::Topology;
 pub struct App {
     config: Config,
     client: Option<Client>,
-    filter: Option<Box<dyn Fn(&Subscription) -> bool + Send + Sync>>,
+    filter: Option<Filter>,
     extra: Vec<HandlerEntry>,
     errors: Vec<String>,
     state: StateMap,

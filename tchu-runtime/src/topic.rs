@@ -244,7 +244,7 @@ fn walk<'a, T>(node: &'a Node<T>, words: &[&str], f: &mut impl FnMut(&'a T)) {
         }
     }
     match words.split_first() {
-        None => node.values.iter().for_each(|v| f(v)),
+        None => node.values.iter().for_each(&mut *f),
         Some((first, rest)) => {
             if let Some(n) = node.words.get(*first) {
                 walk(n, rest, f);

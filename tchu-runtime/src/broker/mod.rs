@@ -92,6 +92,7 @@ impl Acker {
 
 /// A stream of deliveries from one queue.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one or two per service
 pub(crate) enum Consumer {
     Amqp(amqp::AmqpConsumer),
     Memory(memory::MemoryConsumer),
@@ -117,6 +118,7 @@ impl Consumer {
 
 /// Replies to this client's RPC calls, from every responder.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one or two per service
 pub(crate) enum ReplyConsumer {
     Amqp(amqp::AmqpConsumer),
     Memory(tokio::sync::mpsc::UnboundedReceiver<Message>),
