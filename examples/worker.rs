@@ -1,25 +1,36 @@
-//! A worker for the shutdown test: handles `work.item` events by appending their `n` to the
-//! file named by `TCHU_WORKER_OUT`, and stops gracefully on SIGTERM/SIGINT.
-//!
-//! ```sh
-//! TCHU_SERVICE=worker TCHU_WORKER_OUT=/tmp/seen.txt cargo run --example worker
-//! ```
+//! A worker for the SIGTERM test (`tests/reliability.rs`): appends the `n` of each `work.item`
+//! event to the file named by `WORKER_OUT`, one per line, then runs until SIGINT/SIGTERM with
+//! [`tchu::App::run`]. Settings come from the environment (`TCHU_BROKER_URL`, `TCHU_EXCHANGE`,
+//! `TCHU_SERVICE`); `WORKER_DELAY_MS` slows each event down.
 
-use std::io::Write;
+use std::io::Write as _;
+use std::time::Duration;
 
 #[tchu::subscribe("work.item")]
 async fn record(event: serde_json::Value) -> Result<(), std::io::Error> {
-    let Some(path) = std::env::var_os("TCHU_WORKER_OUT") else {
-        return Ok(());
-    };
+    if let Some(ms) = std::env::var("WORKER_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let n = event["n"]
+        .as_u64()
+        .ok_or_else(|| std::io::Error::other("no n"))?;
+    let path = std::env::var("WORKER_OUT").map_err(std::io::Error::other)?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
-    writeln!(f, "{}", event["n"])
+    // One write per line: appends from concurrent handlers do not interleave.
+    f.write_all(format!("{n}\n").as_bytes())
 }
 
 #[tokio::main]
 async fn main() -> Result<(), tchu::Error> {
-    tchu::App::from_env()?.run().await
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    tchu::App::from_env()?.only_module("worker::").run().await
 }

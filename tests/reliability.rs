@@ -794,3 +794,426 @@ async fn poison_messages_are_dead_lettered_and_the_consumer_never_stops() {
     r.shutdown().await;
     names.cleanup(&client, &["svc"], &[]).await;
 }
+
+// --- 5. broker connection loss ---------------------------------------------------------------
+
+/// Closes the broker connections whose name contains `marker` (this test's own: other tests
+/// and other users of the broker keep theirs). Returns how many were closed.
+fn close_connections(marker: &str) -> usize {
+    let out = common::rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ]);
+    let mut n = 0;
+    for line in out.lines().filter(|l| l.contains(marker)) {
+        let Some(pid) = line.split('\t').next() else {
+            continue;
+        };
+        common::rabbitmqctl(&["close_connection", pid, "test"]);
+        n += 1;
+    }
+    n
+}
+
+struct LoadResult {
+    confirmed: BTreeSet<u64>,
+    publish_errors: u64,
+    gave_up: u64,
+}
+
+/// Publishes `0..total` with `tasks` publishers, each awaiting its confirm and retrying on
+/// error (until `deadline`); `at(confirms)` is called once when `trigger` confirms are reached.
+async fn publish_load(
+    client: &Client,
+    total: u64,
+    tasks: u64,
+    trigger: usize,
+    at: impl FnOnce() + Send + 'static,
+) -> LoadResult {
+    let confirms = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let fire = {
+        let reached = Arc::clone(&reached);
+        tokio::spawn(async move {
+            reached.notified().await;
+            at();
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let client = client.clone();
+        let confirms = Arc::clone(&confirms);
+        let errors = Arc::clone(&errors);
+        let reached = Arc::clone(&reached);
+        set.spawn(async move {
+            let mut mine = Vec::new();
+            let mut gave_up = 0u64;
+            for n in (t..total).step_by(usize::try_from(tasks).unwrap_or(1)) {
+                loop {
+                    match tokio::time::timeout(WAIT, client.publish("load.event", &json!({"n": n})))
+                        .await
+                    {
+                        Ok(Ok(_)) => {
+                            mine.push(n);
+                            if confirms.fetch_add(1, Ordering::SeqCst) + 1 == trigger {
+                                reached.notify_one();
+                            }
+                            break;
+                        }
+                        Ok(Err(_)) | Err(_) => {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            if Instant::now() > deadline {
+                                gave_up += 1;
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+            (mine, gave_up)
+        });
+    }
+    let mut confirmed = BTreeSet::new();
+    let mut gave_up = 0;
+    while let Some(r) = set.join_next().await {
+        let (mine, g) = r.expect("publisher task");
+        confirmed.extend(mine);
+        gave_up += g;
+    }
+    tokio::time::timeout(WAIT, fire)
+        .await
+        .expect("the trigger never fired")
+        .expect("trigger task");
+    LoadResult {
+        confirmed,
+        publish_errors: errors.load(Ordering::SeqCst),
+        gave_up,
+    }
+}
+
+/// Waits (bounded) until every confirmed event was handled; returns (handled, duplicates).
+async fn await_all(
+    rx: &mut mpsc::UnboundedReceiver<u64>,
+    confirmed: &BTreeSet<u64>,
+    within: Duration,
+) -> (usize, usize) {
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !confirmed.iter().all(|n| seen.contains_key(n)) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(n)) => *seen.entry(n).or_default() += 1,
+            _ => {
+                let missing: Vec<_> = confirmed
+                    .iter()
+                    .filter(|n| !seen.contains_key(n))
+                    .take(20)
+                    .collect();
+                panic!(
+                    "{} of {} confirmed events handled; missing e.g. {missing:?}",
+                    confirmed.iter().filter(|n| seen.contains_key(n)).count(),
+                    confirmed.len()
+                );
+            }
+        }
+    }
+    // Stragglers (duplicates still in flight).
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        *seen.entry(n).or_default() += 1;
+    }
+    let total: usize = seen.values().sum();
+    (total, total - seen.len())
+}
+
+fn load_service(names: &Names, tx: mpsc::UnboundedSender<u64>) -> App {
+    App::new(names.config())
+        .service(names.service("svc"))
+        .only_module("none")
+        .prefetch(500)
+        .subscribe("load.event", "load", move |d: Arc<Delivery>| {
+            let _ = tx.send(d.event["n"].as_u64().unwrap_or(u64::MAX));
+            async { Ok::<(), Infallible>(()) }
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cut_loses_no_confirmed_event() {
+    let names = Names::new("conncut");
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let r = load_service(&names, tx).start().await.expect("start");
+    let mut pc = names.config();
+    pc.service = Some(names.service("publisher")); // the connection's name
+    let publisher = tokio::time::timeout(WAIT, Client::connect(pc))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    assert!(publisher.is_connected());
+
+    const TOTAL: u64 = 10_000;
+    let marker = names.prefix.clone();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let closed2 = Arc::clone(&closed);
+    let t0 = Instant::now();
+    let res = publish_load(&publisher, TOTAL, 8, 2_000, move || {
+        let closed = closed2;
+        tokio::task::spawn_blocking(move || {
+            let n = close_connections(&marker);
+            eprintln!("closed {n} connections after 2,000 confirms");
+            closed.store(n, Ordering::SeqCst);
+        });
+    })
+    .await;
+    let publish_time = t0.elapsed();
+    wait_until("the connections were closed", WAIT, || {
+        let n = closed.load(Ordering::SeqCst);
+        async move { n > 0 }
+    })
+    .await;
+    let (handled, dups) = await_all(&mut rx, &res.confirmed, Duration::from_secs(90)).await;
+    eprintln!(
+        "connection cut: sent {TOTAL}, confirmed {}, publish errors retried {}, gave up {}, handled {handled} ({} distinct), duplicates {dups}, publishing took {publish_time:?}, {} connections closed",
+        res.confirmed.len(),
+        res.publish_errors,
+        res.gave_up,
+        handled - dups,
+        closed.load(Ordering::SeqCst)
+    );
+    assert!(closed.load(Ordering::SeqCst) >= 2, "both connections cut");
+    assert_eq!(
+        res.confirmed.len() as u64,
+        TOTAL,
+        "every publish eventually confirmed"
+    );
+    // The service still serves after the cut.
+    publisher
+        .publish("load.event", &json!({"n": TOTAL}))
+        .await
+        .expect("publish after recovery");
+    let after = BTreeSet::from([TOTAL]);
+    await_all(&mut rx, &after, WAIT).await;
+    assert!(r.client().is_connected() && publisher.is_connected());
+    r.shutdown().await;
+    names.cleanup(&publisher, &["svc"], &[]).await;
+    publisher.close().await;
+}
+
+/// Starts the broker again when dropped, whatever happened.
+struct StartAppGuard;
+
+impl Drop for StartAppGuard {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .output();
+        eprintln!("rabbitmqctl start_app: {:?}", out.map(|o| o.status));
+    }
+}
+
+/// Like the connection cut, but the broker application stops and starts again. It stops the
+/// broker for everyone using it, hence ignored by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the shared broker: run alone with --ignored"]
+async fn broker_restart_loses_no_confirmed_event() {
+    let names = Names::new("restart");
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let r = load_service(&names, tx).start().await.expect("start");
+    let publisher = names.client().await;
+    let guard = Arc::new(std::sync::Mutex::new(Some(StartAppGuard)));
+    let g2 = Arc::clone(&guard);
+    let restarted = Arc::new(AtomicBool::new(false));
+    let restarted2 = Arc::clone(&restarted);
+    const TOTAL: u64 = 10_000;
+    let t0 = Instant::now();
+    let res = publish_load(&publisher, TOTAL, 8, 2_000, move || {
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            common::rabbitmqctl(&["stop_app"]);
+            eprintln!("broker stopped in {:?}", t.elapsed());
+            std::thread::sleep(Duration::from_secs(2));
+            // Dropping the guard runs start_app.
+            drop(g2.lock().map(|mut g| g.take()));
+            eprintln!("broker started again after {:?}", t.elapsed());
+            restarted2.store(true, Ordering::SeqCst);
+        });
+    })
+    .await;
+    wait_until("the broker restart", Duration::from_secs(120), || {
+        let done = restarted.load(Ordering::SeqCst);
+        async move { done }
+    })
+    .await;
+    let (handled, dups) = await_all(&mut rx, &res.confirmed, Duration::from_secs(120)).await;
+    eprintln!(
+        "broker restart: sent {TOTAL}, confirmed {}, publish errors retried {}, gave up {}, handled {handled}, duplicates {dups}, took {:?}",
+        res.confirmed.len(),
+        res.publish_errors,
+        res.gave_up,
+        t0.elapsed()
+    );
+    r.shutdown().await;
+    names.cleanup(&publisher, &["svc"], &[]).await;
+    drop(guard);
+}
+
+// --- 6. SIGTERM under load -------------------------------------------------------------------
+
+/// A worker process, killed (SIGKILL) if still running when dropped.
+struct Worker(std::process::Child);
+
+impl Worker {
+    fn start(bin: &std::path::Path, names: &Names, out: &std::path::Path) -> Worker {
+        let child = std::process::Command::new(bin)
+            .env("TCHU_BROKER_URL", common::broker_url())
+            .env("TCHU_EXCHANGE", &names.exchange)
+            .env("TCHU_SERVICE", names.service("worker"))
+            .env("WORKER_OUT", out)
+            .env("WORKER_DELAY_MS", "1")
+            .spawn()
+            .expect("start the worker");
+        Worker(child)
+    }
+
+    fn term(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.0.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the worker did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Builds `examples/worker.rs` (a no-op when up to date) and returns its path, next to this
+/// test binary: `<target>/debug/examples/worker`.
+fn worker_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "tchu", "--example", "worker"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build --example worker");
+    assert!(status.success(), "building the worker example failed");
+    let bin = profile_dir.join("examples").join("worker");
+    assert!(bin.exists(), "no worker binary at {}", bin.display());
+    bin
+}
+
+fn lines(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_nothing() {
+    let bin = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::task::spawn_blocking(worker_binary),
+    )
+    .await
+    .expect("building the worker timed out")
+    .expect("build task");
+    let names = Names::new("sigterm");
+    let queue = names.service("worker");
+    let out = std::env::temp_dir().join(format!("{}.out", names.prefix));
+    let _ = std::fs::remove_file(&out);
+    let client = names.client().await;
+
+    let mut first = Worker::start(&bin, &names, &out);
+    wait_until(
+        "the first worker consuming",
+        Duration::from_secs(60),
+        || {
+            let q = queue.clone();
+            async move { consumer_count(&q).await > 0 }
+        },
+    )
+    .await;
+
+    const TOTAL: u64 = 5_000;
+    let publisher = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for n in 0..TOTAL {
+                tokio::time::timeout(WAIT, client.publish("work.item", &json!({"n": n})))
+                    .await
+                    .expect("publish timed out")
+                    .expect("publish");
+            }
+        })
+    };
+    wait_until("1,500 events handled", Duration::from_secs(60), || {
+        let n = lines(&out).len();
+        async move { n >= 1_500 }
+    })
+    .await;
+    first.term();
+    let status = first.wait(Duration::from_secs(40)).await;
+    let at_exit = lines(&out);
+    eprintln!(
+        "first worker: exit {status:?} after {} lines",
+        at_exit.len()
+    );
+    assert!(status.success(), "graceful exit: {status:?}");
+
+    let mut second = Worker::start(&bin, &names, &out);
+    tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("publishing timed out")
+        .expect("publisher");
+    wait_until("every event in the file", Duration::from_secs(120), || {
+        let all: BTreeSet<u64> = lines(&out).into_iter().collect();
+        async move { all.len() as u64 == TOTAL }
+    })
+    .await;
+    second.term();
+    let status = second.wait(Duration::from_secs(40)).await;
+    assert!(status.success(), "graceful exit: {status:?}");
+    let all = lines(&out);
+    let distinct: BTreeSet<u64> = all.iter().copied().collect();
+    eprintln!(
+        "sigterm: published {TOTAL}, lines {}, distinct {}, duplicates {}, handled by the first worker {}",
+        all.len(),
+        distinct.len(),
+        all.len() - distinct.len(),
+        at_exit.len()
+    );
+    assert_eq!(distinct, (0..TOTAL).collect::<BTreeSet<_>>());
+    assert_eq!(client.queue_len(&queue).await.expect("len"), 0);
+    let _ = std::fs::remove_file(&out);
+    names.cleanup(&client, &["worker"], &[]).await;
+}

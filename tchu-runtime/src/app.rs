@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::broker::Consumer;
+use crate::broker::{Broker, Consumer};
 use crate::client::Client;
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Stats, StatsSnapshot};
@@ -227,6 +227,7 @@ impl App {
                 patterns: registry.patterns(),
             };
             let declared = topology.declare(client.broker()).await?;
+            let prefetch = self.config.prefetch;
             tracing::info!(service = %service, bindings = ?declared.bound, removed = ?declared.unbound, "topology declared");
             let consumer = client
                 .broker()
@@ -246,6 +247,7 @@ impl App {
             task = Some(tokio::spawn(consume_loop(
                 dispatcher,
                 consumer,
+                Resubscribe { topology, prefetch },
                 self.config.concurrency,
                 self.config.shutdown_grace,
                 stop_rx,
@@ -342,16 +344,55 @@ impl Running {
     }
 }
 
+/// What the consume loop needs to consume again after losing the connection.
+struct Resubscribe {
+    topology: Topology,
+    prefetch: u16,
+}
+
+impl Resubscribe {
+    /// Reconnects, declares the topology again and consumes anew, with backoff, until it works
+    /// or a stop is requested (`None`).
+    async fn run(&self, broker: &Broker, stop: &mut watch::Receiver<bool>) -> Option<Consumer> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                broker.reconnect().await?;
+                self.topology.declare(broker).await?;
+                broker.consume(&self.topology.queue, self.prefetch).await
+            };
+            match tokio::time::timeout(Duration::from_secs(30), attempt).await {
+                Ok(Ok(c)) => {
+                    tracing::info!(queue = %self.topology.queue, "consuming again");
+                    return Some(c);
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, ?backoff, "cannot consume again yet"),
+                Err(_) => tracing::warn!(?backoff, "consuming again timed out"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
 async fn consume_loop(
     dispatcher: Arc<Dispatcher>,
     mut consumer: Consumer,
+    resubscribe: Resubscribe,
     concurrency: usize,
     grace: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut inflight = JoinSet::new();
-    loop {
+    let broker = dispatcher.client.broker().clone();
+    // lapin's recovery may never complete: a connection down for longer than this is replaced.
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    let mut down_since: Option<tokio::time::Instant> = None;
+    'outer: loop {
         let permit = tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -360,10 +401,24 @@ async fn consume_loop(
                 Err(_) => break,
             },
         };
-        let next = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            d = consumer.next() => d,
+        let next = loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break 'outer,
+                d = consumer.next() => break d,
+                _ = watchdog.tick() => {
+                    if broker.is_connected() {
+                        down_since = None;
+                    } else if down_since
+                        .get_or_insert_with(tokio::time::Instant::now)
+                        .elapsed()
+                        >= crate::broker::amqp::RECOVERY_GRACE
+                    {
+                        tracing::warn!("the broker connection has not recovered");
+                        break None;
+                    }
+                }
+            }
         };
         match next {
             Some(Ok(d)) => {
@@ -374,11 +429,24 @@ async fn consume_loop(
                 });
             }
             Some(Err(e)) => {
+                // lapin may resume the consumer after recovering; if not, it ends next.
                 tracing::warn!(error = %e, "consumer error");
             }
-            None => {
+            None if matches!(broker, Broker::Memory(_)) => {
                 tracing::warn!("consumer ended");
                 break;
+            }
+            None => {
+                tracing::warn!("consumer ended or connection lost; reconnecting");
+                drop(permit);
+                let Some(fresh) = resubscribe.run(&broker, &mut stop).await else {
+                    break;
+                };
+                let old = std::mem::replace(&mut consumer, fresh);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
+                });
+                down_since = None;
             }
         }
         while inflight.try_join_next().is_some() {}
@@ -390,5 +458,6 @@ async fn consume_loop(
         );
         inflight.abort_all();
     }
-    consumer.close().await;
+    // Bounded: closing a channel of a connection that is down may never complete.
+    let _ = tokio::time::timeout(Duration::from_secs(5), consumer.close()).await;
 }

@@ -276,6 +276,11 @@ impl Client {
         self.inner.rpc.get().map_or(0, Rpc::pending_len)
     }
 
+    /// Whether the broker connection is up right now (false while it is being recovered).
+    pub fn is_connected(&self) -> bool {
+        self.inner.broker.is_connected()
+    }
+
     /// Closes the connection.
     pub async fn close(&self) {
         self.inner.broker.close().await;

@@ -468,11 +468,20 @@ fn headers_kind_is_rpc(m: &Message) -> bool {
 }
 
 async fn settle_with(acker: &Acker, settle: Settle) {
-    let r = match settle {
-        Settle::Ack => acker.ack().await,
-        Settle::Requeue => acker.nack(true).await,
-    };
+    // Bounded: an ack on the channel of a connection that was lost may never resolve, and the
+    // delivery holds a concurrency permit until it does. The broker redelivers it anyway.
+    let r = tokio::time::timeout(SETTLE_TIMEOUT, async {
+        match settle {
+            Settle::Ack => acker.ack().await,
+            Settle::Requeue => acker.nack(true).await,
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(BrokerError::new("no answer to the ack")));
     if let Err(e) = r {
         tracing::warn!(error = %e, "settling a delivery failed; the broker will redeliver it");
     }
 }
+
+/// The longest a delivery's ack or nack may take.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -2,6 +2,11 @@
 //! consumes direct reply-to), and one channel per consumer. Auto-recovery is on: after a
 //! connection loss lapin reconnects and replays topology and consumers; a publish that failed
 //! meanwhile is sent again once recovery completes (bounded by `publish_timeout`).
+//!
+//! lapin's recovery does not always complete (after a broker restart it was seen to stay in
+//! `Reconnecting` for good), so when it has not recovered within [`RECOVERY_GRACE`],
+//! [`AmqpBroker::reconnect`] replaces the connection and the publish channel with new ones;
+//! the service's consume loop then declares its topology again and consumes anew.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,17 +30,32 @@ use crate::message::{HeaderValue, Headers, Message, Properties};
 /// RabbitMQ's pseudo-queue for direct reply-to.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// How long lapin's own recovery gets before the connection is replaced.
+pub(crate) const RECOVERY_GRACE: Duration = Duration::from_secs(3);
+/// The longest a single publish waits for its confirm before the connection is checked (a
+/// confirm in flight when the connection drops may never resolve).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 struct Inner {
     conn: Connection,
     publish: Channel,
+}
+
+#[derive(Debug)]
+struct Shared {
+    url: String,
+    name: String,
     publish_timeout: Duration,
+    current: std::sync::RwLock<Arc<Inner>>,
+    /// Held while a new connection is being made, so that only one is.
+    reconnecting: tokio::sync::Mutex<()>,
 }
 
 /// A connection to RabbitMQ.
 #[derive(Debug, Clone)]
 pub(crate) struct AmqpBroker {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
 fn err(context: &str) -> impl FnOnce(lapin::Error) -> BrokerError + '_ {
@@ -49,27 +69,64 @@ impl AmqpBroker {
         name: &str,
         publish_timeout: Duration,
     ) -> Result<Self, BrokerError> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(name.to_owned()))
-            .enable_auto_recover();
-        let conn = Connection::connect(url, props)
-            .await
-            .map_err(err("cannot connect to the broker"))?;
-        let publish = conn
-            .create_channel()
-            .await
-            .map_err(err("cannot open a channel"))?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(err("cannot enable publisher confirms"))?;
+        let inner = open(url, name).await?;
         Ok(AmqpBroker {
-            inner: Arc::new(Inner {
-                conn,
-                publish,
+            shared: Arc::new(Shared {
+                url: url.to_owned(),
+                name: name.to_owned(),
                 publish_timeout,
+                current: std::sync::RwLock::new(Arc::new(inner)),
+                reconnecting: tokio::sync::Mutex::new(()),
             }),
         })
+    }
+
+    fn inner(&self) -> Arc<Inner> {
+        match self.shared.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Replaces the connection by a new one unless it is up (lapin recovered it) or was already
+    /// replaced since `seen` was taken. One attempt; the caller retries with backoff.
+    async fn replace(&self, seen: &Arc<Inner>) -> Result<(), BrokerError> {
+        let _one = self.shared.reconnecting.lock().await;
+        let current = self.inner();
+        if !Arc::ptr_eq(&current, seen) || current.conn.status().connected() {
+            return Ok(());
+        }
+        tracing::warn!("the broker connection did not recover; opening a new one");
+        let fresh = open(&self.shared.url, &self.shared.name).await?;
+        match self.shared.current.write() {
+            Ok(mut g) => *g = Arc::new(fresh),
+            Err(p) => *p.into_inner() = Arc::new(fresh),
+        }
+        // The old connection is abandoned: stop lapin's recovery of it.
+        let old = Arc::clone(seen);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                old.conn.close(200, ShortString::from("replaced")),
+            )
+            .await;
+        });
+        tracing::info!("connected to the broker again");
+        Ok(())
+    }
+
+    /// Makes sure the connection is up: waits up to [`RECOVERY_GRACE`] for lapin's recovery,
+    /// then opens a new connection (one attempt).
+    ///
+    /// # Errors
+    /// The broker cannot be reached.
+    pub(crate) async fn reconnect(&self) -> Result<(), BrokerError> {
+        let seen = self.inner();
+        let deadline = tokio::time::Instant::now() + RECOVERY_GRACE;
+        while !seen.conn.status().connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.replace(&seen).await
     }
 
     async fn with_channel<T, F, Fut>(&self, what: &str, f: F) -> Result<T, BrokerError>
@@ -80,7 +137,7 @@ impl AmqpBroker {
         // Declarations can close a channel (precondition failures): use a short-lived one so the
         // publish channel is never lost to a bad declare.
         let ch = self
-            .inner
+            .inner()
             .conn
             .create_channel()
             .await
@@ -205,11 +262,12 @@ impl AmqpBroker {
         mandatory: bool,
     ) -> Result<Confirm, BrokerError> {
         let props = to_lapin_properties(&msg.properties);
-        let deadline = tokio::time::Instant::now() + self.inner.publish_timeout;
+        let deadline = tokio::time::Instant::now() + self.shared.publish_timeout;
+        let mut backoff = Duration::from_millis(100);
         loop {
+            let inner = self.inner();
             let attempt = async {
-                let confirm = self
-                    .inner
+                let confirm = inner
                     .publish
                     .basic_publish(
                         exchange.into(),
@@ -224,9 +282,22 @@ impl AmqpBroker {
                     .await?;
                 confirm.await
             };
-            let res = tokio::time::timeout_at(deadline, attempt).await;
+            let attempt_deadline = deadline.min(tokio::time::Instant::now() + ATTEMPT_TIMEOUT);
+            let res = tokio::time::timeout_at(attempt_deadline, attempt).await;
             match res {
-                Err(_) => return Err(BrokerError::new("no publisher confirm before the deadline")),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(BrokerError::new("no publisher confirm before the deadline"));
+                }
+                Err(_) => {
+                    // The confirm may be lost with the connection: check it, then publish
+                    // again (a duplicate at worst: delivery is at least once).
+                    tracing::warn!("no publisher confirm yet; checking the connection");
+                    if let Err(e) = self.reconnect().await {
+                        tracing::warn!(error = %e, "reconnecting failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
                 Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
                     return Ok(Confirm::Ack);
                 }
@@ -234,16 +305,21 @@ impl AmqpBroker {
                 Ok(Ok(Confirmation::Nack(_))) => return Ok(Confirm::Nack),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "publish failed; waiting for the connection to recover");
-                    match tokio::time::timeout_at(deadline, self.inner.publish.wait_for_recovery(e))
-                        .await
-                    {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(e)) => return Err(BrokerError::with_source("publish failed", e)),
-                        Err(_) => {
-                            return Err(BrokerError::new(
-                                "connection not recovered before the deadline",
-                            ));
-                        }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(BrokerError::with_source(
+                            "connection not recovered before the deadline",
+                            e,
+                        ));
+                    }
+                    let grace = deadline.min(tokio::time::Instant::now() + RECOVERY_GRACE);
+                    let recovered = matches!(
+                        tokio::time::timeout_at(grace, inner.publish.wait_for_recovery(e)).await,
+                        Ok(Ok(()))
+                    );
+                    if !recovered && let Err(e) = self.replace(&inner).await {
+                        tracing::warn!(error = %e, "reconnecting failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }
@@ -266,7 +342,7 @@ impl AmqpBroker {
         prefetch: u16,
     ) -> Result<AmqpConsumer, BrokerError> {
         let ch = self
-            .inner
+            .inner()
             .conn
             .create_channel()
             .await
@@ -290,8 +366,8 @@ impl AmqpBroker {
     }
 
     pub(crate) async fn reply_consumer(&self) -> Result<(String, ReplyConsumer), BrokerError> {
-        let consumer = self
-            .inner
+        let inner = self.inner();
+        let consumer = inner
             .publish
             .basic_consume(
                 DIRECT_REPLY_TO.into(),
@@ -307,7 +383,7 @@ impl AmqpBroker {
         Ok((
             DIRECT_REPLY_TO.to_owned(),
             ReplyConsumer::Amqp(Box::new(AmqpConsumer {
-                channel: self.inner.publish.clone(),
+                channel: inner.publish.clone(),
                 consumer,
             })),
         ))
@@ -354,7 +430,12 @@ impl AmqpBroker {
     }
 
     pub(crate) async fn close(&self) {
-        let _ = self.inner.conn.close(200, ShortString::from("bye")).await;
+        let _ = self.inner().conn.close(200, ShortString::from("bye")).await;
+    }
+
+    /// Whether the connection is up (false while lapin recovers it).
+    pub(crate) fn is_connected(&self) -> bool {
+        self.inner().conn.status().connected()
     }
 }
 
@@ -407,6 +488,25 @@ impl AmqpAcker {
             .map(|_| ())
             .map_err(err("nack failed"))
     }
+}
+
+/// Opens a connection with auto-recovery and its confirm-mode publish channel.
+async fn open(url: &str, name: &str) -> Result<Inner, BrokerError> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(name.to_owned()))
+        .enable_auto_recover();
+    let conn = Connection::connect(url, props)
+        .await
+        .map_err(err("cannot connect to the broker"))?;
+    let publish = conn
+        .create_channel()
+        .await
+        .map_err(err("cannot open a channel"))?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err("cannot enable publisher confirms"))?;
+    Ok(Inner { conn, publish })
 }
 
 fn from_lapin_delivery(d: &LapinDelivery) -> Message {

@@ -248,6 +248,23 @@ impl Broker {
         }
     }
 
+    /// Makes sure the connection is up, replacing it when lapin's recovery did not bring it
+    /// back in time (one attempt; a no-op for the in-process broker).
+    pub(crate) async fn reconnect(&self) -> Result<(), BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.reconnect().await,
+            Broker::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Whether the connection is up (always for the in-process broker).
+    pub(crate) fn is_connected(&self) -> bool {
+        match self {
+            Broker::Amqp(b) => b.is_connected(),
+            Broker::Memory(_) => true,
+        }
+    }
+
     pub(crate) async fn close(&self) {
         if let Broker::Amqp(b) = self {
             b.close().await;
