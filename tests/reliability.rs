@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Names, WAIT, recv_n};
@@ -18,7 +18,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use serde_json::json;
-use tchu::{App, Delivery, HandlerError, Meta, RetryPolicy, Running, State, StatsSnapshot};
+use tchu::{App, Client, Delivery, HandlerError, Meta, RetryPolicy, Running, State, StatsSnapshot};
 use tokio::sync::mpsc;
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -108,7 +108,6 @@ impl Raw {
 }
 
 /// Consumers on `queue` (0 when it does not exist).
-#[allow(dead_code, reason = "for the connection-cut test")]
 async fn consumer_count(queue: &str) -> u32 {
     let Ok(Ok(conn)) = tokio::time::timeout(
         WAIT,
