@@ -12,8 +12,11 @@ use tokio::task::JoinSet;
 use crate::broker::{Broker, Consumer};
 use crate::client::Client;
 use crate::config::Config;
+use crate::context::ContextHelpers;
 use crate::dispatch::{Dispatcher, Stats, StatsSnapshot};
 use crate::error::{ConfigError, Error};
+use crate::event::Event;
+use crate::handler::Meta;
 use crate::handler::{Delivery, IntoOutcome, StateMap};
 use crate::registry::{BoxFuture, HandlerEntry, Registry, Subscription};
 use crate::retry::RetryPolicy;
@@ -37,6 +40,7 @@ pub struct App {
     extra: Vec<HandlerEntry>,
     errors: Vec<String>,
     state: StateMap,
+    contexts: ContextHelpers,
     publish_only: bool,
 }
 
@@ -60,6 +64,7 @@ impl App {
             extra: Vec::new(),
             errors: Vec::new(),
             state: StateMap::default(),
+            contexts: ContextHelpers::default(),
             publish_only: false,
         }
     }
@@ -130,6 +135,38 @@ impl App {
     #[must_use]
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.state.insert(value);
+        self
+    }
+
+    /// Sets the app's context helper for `Context<T>` arguments: it rebuilds a request context
+    /// (user, company, ...) from the event data, or says why it cannot.
+    #[must_use]
+    pub fn context_helper<T, F>(mut self, helper: F) -> Self
+    where
+        T: Send + 'static,
+        F: Fn(&serde_json::Value, &Meta) -> Result<T, String> + Send + Sync + 'static,
+    {
+        self.contexts.set(None, helper);
+        self
+    }
+
+    /// Overrides the context helper of `Context<T>` for events of type `E`.
+    #[must_use]
+    pub fn context_helper_for<E, T, F>(mut self, helper: F) -> Self
+    where
+        E: Event,
+        T: Send + 'static,
+        F: Fn(&serde_json::Value, &Meta) -> Result<T, String> + Send + Sync + 'static,
+    {
+        self.contexts.set(Some(E::TOPIC), helper);
+        self
+    }
+
+    /// Events of type `E` require a `T` context: when the helper cannot build one, the
+    /// delivery is dead-lettered as unauthorized and no handler runs.
+    #[must_use]
+    pub fn require_context<E: Event, T: 'static>(mut self) -> Self {
+        self.contexts.require::<T>(E::TOPIC);
         self
     }
 
@@ -233,12 +270,16 @@ impl App {
                 .broker()
                 .consume(&service, self.config.prefetch)
                 .await?;
+            let mut state = self.state;
+            if !self.contexts.is_empty() {
+                state.insert(self.contexts);
+            }
             let dispatcher = Arc::new(Dispatcher {
                 registry: Arc::new(registry),
                 client: client.clone(),
                 queue: service.clone(),
                 queue_type: self.config.queue_type,
-                state: Arc::new(self.state),
+                state: Arc::new(state),
                 max_body: self.config.max_body,
                 retry: self.config.retry,
                 stats: Arc::clone(&stats),

@@ -257,6 +257,28 @@ impl Dispatcher {
             state: Arc::clone(&self.state),
             client: Some(self.client.clone()),
         });
+        if let Some(helpers) = self.state.get::<crate::context::ContextHelpers>()
+            && let Err(rejection) = helpers.check_required(&delivery)
+        {
+            tracing::warn!(topic = %decoded.topic, reason = %rejection, "required context missing; dead-lettered");
+            if is_rpc {
+                let reply = Reply::Remote(crate::error::RpcError::new(
+                    "UNAUTHORIZED",
+                    rejection.reason.clone(),
+                ));
+                self.reply(
+                    &decoded,
+                    reply_to.as_deref(),
+                    correlation_id.as_deref(),
+                    "",
+                    &reply,
+                )
+                .await;
+            }
+            self.dead_letter(&message, &rejection.reason, None, attempt, first_failure)
+                .await?;
+            return Ok(Settle::Ack);
+        }
         let entries: Vec<&HandlerEntry> =
             idx.iter().map(|&i| &self.registry.entries()[i]).collect();
         let outcomes = join_all(entries.iter().map(|e| {

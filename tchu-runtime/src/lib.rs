@@ -6,6 +6,7 @@ mod app;
 pub mod broker;
 mod client;
 mod config;
+mod context;
 mod dead_letter;
 mod dispatch;
 mod error;
@@ -30,6 +31,7 @@ pub use config::{
     BrokerUrl, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
     DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_PREFETCH, redact,
 };
+pub use context::Context;
 pub use dead_letter::DeadLetter;
 pub use dispatch::{Stats, StatsSnapshot};
 pub use error::{BrokerError, CallError, ConfigError, Error, PublishError, RpcError};
