@@ -15,9 +15,11 @@ pub mod message;
 mod registry;
 mod retry;
 mod rpc;
+pub mod telemetry;
 pub mod testing;
 pub mod topic;
 mod topology;
+pub mod trace;
 pub mod wire;
 
 pub use app::{App, Running, run};

@@ -11,6 +11,8 @@ pub use tchu_runtime::{
 };
 
 pub use tchu_runtime::headers;
+pub use tchu_runtime::telemetry;
+pub use tchu_runtime::trace;
 pub use tchu_runtime::testing;
 pub use tchu_runtime::wire::WireFormat;
 
