@@ -10,6 +10,8 @@ mod dead_letter;
 mod dispatch;
 mod error;
 mod event;
+#[cfg(feature = "prometheus")]
+mod exporter;
 mod handler;
 pub mod message;
 mod registry;
@@ -22,7 +24,7 @@ mod topology;
 pub mod trace;
 pub mod wire;
 
-pub use app::{App, Running, run};
+pub use app::{App, Health, HealthCheck, Running, run};
 pub use broker::QueueType;
 pub use broker::memory::MemoryBroker;
 pub use client::{
