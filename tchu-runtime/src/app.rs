@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,6 +123,14 @@ impl App {
     #[must_use]
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.config.shutdown_grace = d;
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` once started (the `prometheus`
+    /// feature; see [`Config::metrics_addr`]).
+    #[must_use]
+    pub fn metrics_addr(mut self, addr: SocketAddr) -> Self {
+        self.config.metrics_addr = Some(addr);
         self
     }
 
@@ -255,6 +265,7 @@ impl App {
         let _ = crate::client::set_default(client.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let stats = Arc::new(Stats::default());
+        let consuming = Arc::new(AtomicBool::new(false));
         let mut task = None;
         if !registry.is_empty() {
             let topology = Topology {
@@ -285,6 +296,7 @@ impl App {
                 stats: Arc::clone(&stats),
                 retry_queues: Mutex::new(HashSet::new()),
             });
+            consuming.store(true, Ordering::Relaxed);
             task = Some(tokio::spawn(consume_loop(
                 dispatcher,
                 consumer,
@@ -292,14 +304,26 @@ impl App {
                 self.config.concurrency,
                 self.config.shutdown_grace,
                 stop_rx,
+                Arc::clone(&consuming),
             )));
         }
+        let health = HealthCheck {
+            client: client.clone(),
+            consuming,
+            has_consumer: task.is_some(),
+        };
+        let metrics = match self.config.metrics_addr {
+            Some(addr) => start_exporter(addr, health.clone()).await,
+            None => None,
+        };
         Ok(Running {
             client,
             service,
             stop: stop_tx,
             task,
             stats,
+            health,
+            metrics,
         })
     }
 
@@ -349,6 +373,76 @@ async fn shutdown_signal() {
     }
 }
 
+/// Whether a service is connected and consuming, from [`Running::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// The broker connection is up.
+    pub connected: bool,
+    /// The consume loop holds a live consumer (false before start, while reconnecting, and
+    /// from the moment a shutdown is requested).
+    pub consuming: bool,
+    has_consumer: bool,
+}
+
+impl Health {
+    /// Connected, and consuming unless the service is publish-only. `/healthz` and `/readyz`
+    /// answer 200 exactly when this is true.
+    pub fn is_healthy(&self) -> bool {
+        self.connected && (self.consuming || !self.has_consumer)
+    }
+}
+
+/// Reads the health of a running service from anywhere (a cheap clone, `'static`), e.g. from
+/// your own HTTP server's probe handler. From [`Running::health_check`].
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    client: Client,
+    consuming: Arc<AtomicBool>,
+    has_consumer: bool,
+}
+
+impl HealthCheck {
+    /// The health right now.
+    pub fn health(&self) -> Health {
+        Health {
+            connected: self.client.is_connected(),
+            consuming: self.consuming.load(Ordering::Relaxed),
+            has_consumer: self.has_consumer,
+        }
+    }
+}
+
+/// The metrics endpoint of a running service.
+#[derive(Debug)]
+struct MetricsServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(feature = "prometheus")]
+async fn start_exporter(addr: SocketAddr, health: HealthCheck) -> Option<MetricsServer> {
+    match crate::exporter::serve(addr, health).await {
+        Ok((addr, task)) => {
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+            Some(MetricsServer { addr, task })
+        }
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot serve metrics; going on without them");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "prometheus"))]
+async fn start_exporter(addr: SocketAddr, _: HealthCheck) -> Option<MetricsServer> {
+    tracing::warn!(
+        %addr,
+        "a metrics address is set but tchu was built without its `prometheus` feature; not serving"
+    );
+    None
+}
+
 /// A started service.
 #[derive(Debug)]
 pub struct Running {
@@ -357,6 +451,8 @@ pub struct Running {
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     stats: Arc<Stats>,
+    health: HealthCheck,
+    metrics: Option<MetricsServer>,
 }
 
 impl Running {
@@ -375,12 +471,35 @@ impl Running {
         self.stats.snapshot()
     }
 
+    /// Whether the service is connected and consuming right now.
+    pub fn health(&self) -> Health {
+        self.health.health()
+    }
+
+    /// A handle that reads [`Running::health`] from elsewhere, and keeps answering (not
+    /// consuming) after a shutdown.
+    pub fn health_check(&self) -> HealthCheck {
+        self.health.clone()
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (the bound address, so a port 0
+    /// shows the one picked), if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
+    }
+
     /// Stops consuming, lets in-flight handlers finish within the grace period, and returns
-    /// unstarted deliveries to the queue.
+    /// unstarted deliveries to the queue. The health endpoints answer 503 during the grace
+    /// period and stop with it.
     pub async fn shutdown(mut self) {
+        self.health.consuming.store(false, Ordering::Relaxed);
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {
             let _ = t.await;
+        }
+        if let Some(m) = self.metrics.take() {
+            m.task.abort();
+            let _ = m.task.await; // the listener is closed once this returns
         }
     }
 }
@@ -426,6 +545,7 @@ async fn consume_loop(
     concurrency: usize,
     grace: Duration,
     mut stop: watch::Receiver<bool>,
+    consuming: Arc<AtomicBool>,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut inflight = JoinSet::new();
@@ -448,6 +568,7 @@ async fn consume_loop(
                 _ = stop.changed() => break 'outer,
                 d = consumer.next() => break d,
                 _ = watchdog.tick() => {
+                    crate::telemetry::connected(broker.is_connected());
                     if broker.is_connected() {
                         down_since = None;
                     } else if down_since
@@ -479,10 +600,13 @@ async fn consume_loop(
             }
             None => {
                 tracing::warn!("consumer ended or connection lost; reconnecting");
+                consuming.store(false, Ordering::Relaxed);
+                crate::telemetry::connected(broker.is_connected());
                 drop(permit);
                 let Some(fresh) = resubscribe.run(&broker, &mut stop).await else {
                     break;
                 };
+                consuming.store(true, Ordering::Relaxed);
                 let old = std::mem::replace(&mut consumer, fresh);
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
@@ -492,6 +616,7 @@ async fn consume_loop(
         }
         while inflight.try_join_next().is_some() {}
     }
+    consuming.store(false, Ordering::Relaxed);
     let drain = async { while inflight.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!(

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::broker::amqp::AmqpBroker;
 use crate::broker::{Broker, Confirm};
@@ -15,6 +17,7 @@ use crate::event::Event;
 use crate::message::Message;
 use crate::rpc::Rpc;
 use crate::topic::check_topic;
+use crate::trace;
 use crate::wire::{self, Reply};
 
 /// The id of a published message (the Celery task id in the Celery format).
@@ -73,6 +76,7 @@ impl Client {
             BrokerUrl::Memory(m) => Broker::Memory(m.clone()),
         };
         broker.declare_exchange(&config.exchange).await?;
+        crate::telemetry::connected(broker.is_connected());
         Ok(Client {
             inner: Arc::new(Inner {
                 broker,
@@ -137,7 +141,16 @@ impl Client {
         let id = MessageId::new();
         let mut msg = wire::encode(self.inner.config.format, topic, json, id.as_str(), false);
         msg.properties.persistent = true;
-        self.send(topic, &msg, false).await?;
+        let span = tracing::info_span!(
+            "tchu.publish",
+            topic,
+            message_id = id.as_str(),
+            trace_id = Empty,
+            span_id = Empty,
+            parent_span_id = Empty,
+        );
+        propagate(&span, &mut msg);
+        self.send(topic, &msg, false).instrument(span).await?;
         Ok(id)
     }
 
@@ -157,6 +170,7 @@ impl Client {
                 topic: topic.to_owned(),
                 source,
             })?;
+        crate::telemetry::published(topic, c == Confirm::Ack);
         if c == Confirm::Nack {
             return Err(PublishError::Nacked {
                 topic: topic.to_owned(),
@@ -218,6 +232,32 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<serde_json::Value, CallError> {
         require_object(topic, json)?;
+        let id = MessageId::new();
+        let span = tracing::info_span!(
+            "tchu.call",
+            topic,
+            correlation_id = id.as_str(),
+            trace_id = Empty,
+            span_id = Empty,
+            parent_span_id = Empty,
+        );
+        let started = std::time::Instant::now();
+        let r = self
+            .call_json_inner(topic, json, timeout, id, &span)
+            .instrument(span.clone())
+            .await;
+        crate::telemetry::rpc_duration(topic, started.elapsed());
+        r
+    }
+
+    async fn call_json_inner(
+        &self,
+        topic: &str,
+        json: &[u8],
+        timeout: Option<Duration>,
+        id: MessageId,
+        span: &tracing::Span,
+    ) -> Result<serde_json::Value, CallError> {
         let timeout = timeout.unwrap_or(self.inner.config.call_timeout);
         let rpc = self
             .inner
@@ -228,8 +268,8 @@ impl Client {
                 topic: topic.to_owned(),
                 source,
             })?;
-        let id = MessageId::new();
         let mut msg = wire::encode(self.inner.config.format, topic, json, id.as_str(), true);
+        propagate(span, &mut msg);
         msg.properties.persistent = false;
         msg.properties.expiration = Some(timeout);
         msg.properties.reply_to = Some(rpc.reply_to().to_owned());
@@ -288,6 +328,17 @@ impl Client {
 }
 
 use serde::Deserialize as _;
+
+/// Writes a child of the current trace context (if any) into `msg` and records the ids on
+/// `span`.
+pub(crate) fn propagate(span: &tracing::Span, msg: &mut Message) {
+    if let Some((parent, child)) = trace::outgoing() {
+        child.write_headers(&mut msg.properties.headers);
+        span.record("trace_id", child.trace_id());
+        span.record("span_id", child.span_id());
+        span.record("parent_span_id", parent.span_id());
+    }
+}
 
 fn require_object(topic: &str, json: &[u8]) -> Result<(), PublishError> {
     if json.first() == Some(&b'{') {

@@ -1,6 +1,7 @@
 //! Settings of a client or service, from the environment or set in code.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::broker::QueueType;
@@ -111,6 +112,10 @@ pub struct Config {
     pub queue_type: QueueType,
     /// Service-wide retry policy for handlers without their own.
     pub retry: RetryPolicy,
+    /// Where [`App::start`](crate::App::start) serves `/metrics`, `/healthz` and `/readyz`
+    /// (`TCHU_METRICS_ADDR`, e.g. `127.0.0.1:9464`; port 0 picks a free port). Needs the
+    /// `prometheus` feature; without it a set address is ignored with a warning.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -129,6 +134,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             queue_type: QueueType::Classic,
             retry: RetryPolicy::DEFAULT,
+            metrics_addr: None,
         }
     }
 
@@ -139,7 +145,7 @@ impl Config {
 
     /// Reads `TCHU_BROKER_URL` (then `AMQP_URL`, default [`DEFAULT_BROKER_URL`]),
     /// `TCHU_EXCHANGE`, `TCHU_SERVICE` (default: the executable's file name), `TCHU_PREFETCH`,
-    /// `TCHU_CONCURRENCY`, `TCHU_FORMAT` (`celery` or `native`).
+    /// `TCHU_CONCURRENCY`, `TCHU_FORMAT` (`celery` or `native`), `TCHU_METRICS_ADDR`.
     ///
     /// # Errors
     /// A bad value.
@@ -167,6 +173,14 @@ impl Config {
                 name: "TCHU_CONCURRENCY",
                 reason: format!("{e}"),
             })?;
+        }
+        if let Ok(a) = std::env::var("TCHU_METRICS_ADDR")
+            && !a.trim().is_empty()
+        {
+            c.metrics_addr = Some(a.trim().parse().map_err(|e| ConfigError::Env {
+                name: "TCHU_METRICS_ADDR",
+                reason: format!("`{a}`: {e} (expected e.g. `127.0.0.1:9464`)"),
+            })?);
         }
         if let Ok(f) = std::env::var("TCHU_FORMAT") {
             c.format = match f.as_str() {

@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use futures_util::future::join_all;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::broker::{Acker, Broker, Confirm, InboundDelivery, QueueSpec, QueueType};
 use crate::client::Client;
@@ -20,6 +22,8 @@ use crate::handler::{Delivery, Failure, Meta, RejectionKind, StateMap};
 use crate::message::{HeaderValue, Message};
 use crate::registry::{HandlerEntry, Registry};
 use crate::retry::RetryPolicy;
+use crate::telemetry::{self, DeadLetterKind};
+use crate::trace::{self, TraceContext};
 use crate::wire::{self, Kind, Reply};
 
 /// Header: the attempt number of a retried copy (2 for the first retry).
@@ -136,6 +140,21 @@ impl Dispatcher {
     /// Processes and settles one delivery. Never panics; a settle failure is logged (the
     /// broker redelivers an unsettled message).
     pub(crate) async fn handle(&self, d: InboundDelivery) {
+        let span = tracing::info_span!(
+            "tchu.delivery",
+            topic = Empty,
+            message_id = Empty,
+            redelivered = d.redelivered,
+            attempt = Empty,
+            format = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+            parent_span_id = Empty,
+        );
+        self.handle_in_span(d).instrument(span).await;
+    }
+
+    async fn handle_in_span(&self, d: InboundDelivery) {
         bump(&self.stats.received);
         let InboundDelivery {
             message,
@@ -173,6 +192,20 @@ impl Dispatcher {
         if let Some(t) = headers.get(TOPIC_HEADER).and_then(HeaderValue::as_str) {
             message.routing_key = t.to_owned();
         }
+        // The delivery's place in its trace: a child of the publisher's span, or a new trace.
+        let incoming = TraceContext::from_headers(&message.properties.headers);
+        let ctx = incoming
+            .as_ref()
+            .map_or_else(TraceContext::new_root, TraceContext::child);
+        let span = tracing::Span::current();
+        span.record("topic", message.routing_key.as_str());
+        span.record("attempt", attempt);
+        span.record("trace_id", ctx.trace_id().as_str());
+        span.record("span_id", ctx.span_id().as_str());
+        if let Some(p) = &incoming {
+            span.record("parent_span_id", p.span_id().as_str());
+        }
+        telemetry::received(&message.routing_key);
 
         let decoded = match wire::decode(&message, self.max_body) {
             Ok(d) => d,
@@ -194,15 +227,28 @@ impl Dispatcher {
                         &reply,
                     );
                     r.routing_key = reply_to.to_owned();
+                    ctx.child().write_headers(&mut r.properties.headers);
                     if let Err(err) = self.broker().publish("", &r, false).await {
                         tracing::warn!(error = %err, "rpc reply not sent");
                     }
                 }
-                self.dead_letter(&message, &e.to_string(), None, attempt, first_failure)
-                    .await?;
+                self.dead_letter(
+                    &message,
+                    &e.to_string(),
+                    None,
+                    DeadLetterKind::Undecodable,
+                    attempt,
+                    first_failure,
+                )
+                .await?;
                 return Ok(Settle::Ack);
             }
         };
+        span.record("topic", decoded.topic.as_str());
+        if let Some(id) = &decoded.message_id {
+            span.record("message_id", id.as_str());
+        }
+        span.record("format", format_name(decoded.format));
         if let Kind::CeleryInternal { task } = &decoded.kind {
             tracing::debug!(task = %task, "tchu-tchu internal sub-task skipped");
             bump(&self.stats.internal);
@@ -229,11 +275,19 @@ impl Dispatcher {
                     correlation_id.as_deref(),
                     "",
                     &Reply::HandlerFailed(reason.clone()),
+                    &ctx,
                 )
                 .await;
             }
-            self.dead_letter(&message, &reason, None, attempt, first_failure)
-                .await?;
+            self.dead_letter(
+                &message,
+                &reason,
+                None,
+                DeadLetterKind::NoHandler,
+                attempt,
+                first_failure,
+            )
+            .await?;
             return Ok(Settle::Ack);
         }
 
@@ -272,27 +326,29 @@ impl Dispatcher {
                     correlation_id.as_deref(),
                     "",
                     &reply,
+                    &ctx,
                 )
                 .await;
             }
-            self.dead_letter(&message, &rejection.reason, None, attempt, first_failure)
-                .await?;
+            self.dead_letter(
+                &message,
+                &rejection.reason,
+                None,
+                DeadLetterKind::Rejected,
+                attempt,
+                first_failure,
+            )
+            .await?;
             return Ok(Settle::Ack);
         }
         let entries: Vec<&HandlerEntry> =
             idx.iter().map(|&i| &self.registry.entries()[i]).collect();
-        let outcomes = join_all(entries.iter().map(|e| {
-            // The handler is called inside the guarded future: a panic while it builds its
-            // future (before its first await) is caught like one inside it, instead of
-            // unwinding through the dispatcher and leaving the delivery unsettled.
-            let d = Arc::clone(&delivery);
-            AssertUnwindSafe(async move { (e.handler)(d).await }).catch_unwind()
-        }))
+        let outcomes: Vec<Result<serde_json::Value, Failure>> = join_all(
+            entries
+                .iter()
+                .map(|e| run_handler(e, &delivery, &ctx, attempt)),
+        )
         .await;
-        let outcomes: Vec<Result<serde_json::Value, Failure>> = outcomes
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|p| Err(Failure::Panicked(panic_text(p.as_ref())))))
-            .collect();
         for (e, o) in entries.iter().zip(&outcomes) {
             match o {
                 Ok(_) => bump(&self.stats.handled),
@@ -329,6 +385,7 @@ impl Dispatcher {
                     correlation_id.as_deref(),
                     &entry.name,
                     &reply,
+                    &ctx,
                 )
                 .await;
             }
@@ -351,7 +408,12 @@ impl Dispatcher {
                 } else {
                     f.to_string()
                 };
-                self.dead_letter(&message, &reason, Some(&e.id), attempt, Some(first))
+                let kind = match f {
+                    Failure::Rejected(_) => DeadLetterKind::Rejected,
+                    Failure::Transient(_) | Failure::Panicked(_) => DeadLetterKind::Exhausted,
+                    Failure::Permanent(_) | Failure::Remote(_) => DeadLetterKind::Permanent,
+                };
+                self.dead_letter(&message, &reason, Some(&e.id), kind, attempt, Some(first))
                     .await?;
             }
         }
@@ -369,6 +431,7 @@ impl Dispatcher {
         correlation_id: Option<&str>,
         handler: &str,
         reply: &Reply,
+        ctx: &TraceContext,
     ) {
         let (Some(reply_to), Some(cid)) = (reply_to, correlation_id) else {
             tracing::warn!(topic = %decoded.topic, "rpc request without reply_to or correlation id; no reply sent");
@@ -376,6 +439,7 @@ impl Dispatcher {
         };
         let mut msg = wire::encode_reply(decoded.format, &decoded.topic, handler, cid, reply);
         msg.routing_key = reply_to.to_owned();
+        ctx.child().write_headers(&mut msg.properties.headers);
         match self.broker().publish("", &msg, false).await {
             Ok(_) => bump(&self.stats.replied),
             Err(e) => tracing::warn!(error = %e, "rpc reply not sent"),
@@ -397,6 +461,7 @@ impl Dispatcher {
         original: &Message,
         reason: &str,
         handler: Option<&str>,
+        kind: DeadLetterKind,
         attempts: u32,
         first_failure: Option<i64>,
     ) -> Result<(), BrokerError> {
@@ -427,6 +492,7 @@ impl Dispatcher {
         msg.routing_key = crate::topology::dlq_name(&self.queue);
         self.forward(&msg, "dead-letter").await?;
         bump(&self.stats.dead_lettered);
+        telemetry::dead_lettered(&original.routing_key, handler, kind);
         Ok(())
     }
 
@@ -477,7 +543,51 @@ impl Dispatcher {
         msg.routing_key = wait_queue;
         self.forward(&msg, "retry").await?;
         bump(&self.stats.retried);
+        for h in handlers {
+            telemetry::retried(h);
+        }
         Ok(())
+    }
+}
+
+/// Runs one handler in its `tchu.handler` span, with its own child of the delivery's trace
+/// context in scope (so its publishes and calls carry the trace), and records its metrics.
+async fn run_handler(
+    e: &HandlerEntry,
+    delivery: &Arc<Delivery>,
+    ctx: &TraceContext,
+    attempt: u32,
+) -> Result<serde_json::Value, Failure> {
+    let own = ctx.child();
+    let span = tracing::info_span!(
+        "tchu.handler",
+        handler = e.id.as_str(),
+        attempt,
+        outcome = Empty,
+        trace_id = own.trace_id().as_str(),
+        span_id = own.span_id().as_str(),
+        parent_span_id = ctx.span_id().as_str(),
+    );
+    let started = std::time::Instant::now();
+    // The handler is called inside the guarded future: a panic while it builds its future
+    // (before its first await) is caught like one inside it, instead of unwinding through the
+    // dispatcher and leaving the delivery unsettled.
+    let d = Arc::clone(delivery);
+    let run = AssertUnwindSafe(trace::scope(own, async move { (e.handler)(d).await }))
+        .catch_unwind()
+        .instrument(span.clone());
+    let outcome = run
+        .await
+        .unwrap_or_else(|p| Err(Failure::Panicked(panic_text(p.as_ref()))));
+    span.record("outcome", if outcome.is_ok() { "ok" } else { "failed" });
+    telemetry::handled(&e.id, outcome.is_ok(), started.elapsed());
+    outcome
+}
+
+fn format_name(f: wire::WireFormat) -> &'static str {
+    match f {
+        wire::WireFormat::Celery => "celery",
+        wire::WireFormat::Native => "native",
     }
 }
 

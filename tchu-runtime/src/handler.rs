@@ -37,6 +37,14 @@ pub struct Meta {
     pub is_rpc: bool,
 }
 
+impl Meta {
+    /// The W3C trace context the publisher sent (`traceparent`/`tracestate` headers), if any.
+    /// Handlers need not read it: their publishes and calls continue the trace by themselves.
+    pub fn trace_context(&self) -> Option<crate::trace::TraceContext> {
+        crate::trace::TraceContext::from_headers(&self.headers)
+    }
+}
+
 /// Shared resources registered on the app builder, looked up by type.
 #[derive(Default, Clone)]
 pub(crate) struct StateMap(HashMap<std::any::TypeId, Arc<dyn Any + Send + Sync>>);

@@ -11,17 +11,21 @@ mod dead_letter;
 mod dispatch;
 mod error;
 mod event;
+#[cfg(feature = "prometheus")]
+mod exporter;
 mod handler;
 pub mod message;
 mod registry;
 mod retry;
 mod rpc;
+pub mod telemetry;
 pub mod testing;
 pub mod topic;
 mod topology;
+pub mod trace;
 pub mod wire;
 
-pub use app::{App, Running, run};
+pub use app::{App, Health, HealthCheck, Running, run};
 pub use broker::QueueType;
 pub use broker::memory::MemoryBroker;
 pub use client::{

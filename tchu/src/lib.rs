@@ -5,14 +5,16 @@ pub use tchu_macros::{event, subscribe};
 
 pub use tchu_runtime::{
     App, Backoff, BrokerError, BrokerUrl, CallError, Client, Config, ConfigError, Context,
-    DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, MemoryBroker,
-    MessageId, Meta, Pattern, PublishError, QueueType, Rejection, RejectionKind, RetryPolicy,
-    RpcError, Running, State, StatsSnapshot, Topic, TopicError, call, default_client, publish, run,
-    set_default,
+    DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health, HealthCheck,
+    MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection, RejectionKind,
+    RetryPolicy, RpcError, Running, State, StatsSnapshot, Topic, TopicError, call, default_client,
+    publish, run, set_default,
 };
 
 pub use tchu_runtime::headers;
+pub use tchu_runtime::telemetry;
 pub use tchu_runtime::testing;
+pub use tchu_runtime::trace;
 pub use tchu_runtime::wire::WireFormat;
 
 /// Settings defaults and helpers.
