@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::broker::{Broker, Consumer};
+use crate::broker::{Broker, Consumer, QueueType};
 use crate::client::Client;
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Stats, StatsSnapshot};
@@ -102,6 +102,15 @@ impl App {
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the type of the service's queues (main, dead-letter, retry wait queues and binding
+    /// record); default [`QueueType::Classic`]. Declaring against existing queues of another
+    /// type fails at start with the way to migrate.
+    #[must_use]
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.config.queue_type = queue_type;
         self
     }
 
