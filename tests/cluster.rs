@@ -395,6 +395,17 @@ fn ctl(node: &str, args: &[&str]) -> bool {
     }
 }
 
+/// `rabbitmqctl -n node args…` without reporting failures.
+fn ctl_quiet(node: &str, args: &[&str]) -> bool {
+    Command::new("rabbitmqctl")
+        .args(["-n", node])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Three RabbitMQ nodes started by this test; dropping it stops them and removes their data.
 struct Cluster {
     dir: PathBuf,
@@ -458,10 +469,12 @@ impl Cluster {
             cluster.servers.push(child);
         }
         for node in NODES {
-            assert!(
-                ctl(node, &["await_startup", "--timeout", "90"]),
-                "{node} did not start; see {dir:?}"
-            );
+            // `await_startup` needs the node's Erlang distribution up: poll until it answers.
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !ctl_quiet(node, &["await_startup", "--timeout", "60"]) {
+                assert!(Instant::now() < deadline, "{node} did not start");
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
         for node in &NODES[1..] {
             assert!(ctl(node, &["stop_app"]), "stop_app {node}");

@@ -362,11 +362,20 @@ struct Resubscribe {
 impl Resubscribe {
     /// Reconnects, declares the topology again and consumes anew, with backoff, until it works
     /// or a stop is requested (`None`).
-    async fn run(&self, broker: &Broker, stop: &mut watch::Receiver<bool>) -> Option<Consumer> {
+    /// `waited` is how long the connection was already seen down: lapin's recovery gets only
+    /// the rest of [`RECOVERY_GRACE`](crate::broker::amqp::RECOVERY_GRACE) before the
+    /// connection is replaced (on a cluster: by one to the next node).
+    async fn run(
+        &self,
+        broker: &Broker,
+        stop: &mut watch::Receiver<bool>,
+        waited: Duration,
+    ) -> Option<Consumer> {
         let mut backoff = Duration::from_millis(200);
+        let mut grace = crate::broker::amqp::RECOVERY_GRACE.saturating_sub(waited);
         loop {
             let attempt = async {
-                broker.reconnect().await?;
+                broker.reconnect_within(grace).await?;
                 self.topology.declare(broker).await?;
                 broker.consume(&self.topology.queue, self.prefetch).await
             };
@@ -382,6 +391,7 @@ impl Resubscribe {
                 _ = stop.changed() => return None,
                 _ = tokio::time::sleep(backoff) => {}
             }
+            grace = Duration::ZERO;
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
@@ -448,7 +458,8 @@ async fn consume_loop(
             None => {
                 tracing::warn!("consumer ended or connection lost; reconnecting");
                 drop(permit);
-                let Some(fresh) = resubscribe.run(&broker, &mut stop).await else {
+                let waited = down_since.map_or(Duration::ZERO, |t| t.elapsed());
+                let Some(fresh) = resubscribe.run(&broker, &mut stop, waited).await else {
                     break;
                 };
                 let old = std::mem::replace(&mut consumer, fresh);

@@ -46,6 +46,8 @@ pub(crate) const RECOVERY_GRACE: Duration = Duration::from_secs(3);
 /// The longest a single publish waits for its confirm before the connection is checked (a
 /// confirm in flight when the connection drops may never resolve).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an abandoned connection is watched, to close it if lapin recovers it.
+const ABANDONED_WATCH: Duration = Duration::from_secs(3600);
 /// The longest one node may take to accept a connection before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -137,14 +139,27 @@ impl AmqpBroker {
             Ok(mut g) => *g = Arc::new(fresh),
             Err(p) => *p.into_inner() = Arc::new(fresh),
         }
-        // The old connection is abandoned: stop lapin's recovery of it.
+        // The old connection is abandoned, but lapin goes on recovering it (and would replay its
+        // consumers when its node comes back, holding deliveries nobody reads): close it as
+        // soon as it is up again, or stop watching once lapin gave up on it.
         let old = Arc::clone(seen);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                old.conn.close(200, ShortString::from("replaced")),
-            )
-            .await;
+            let until = tokio::time::Instant::now() + ABANDONED_WATCH;
+            while tokio::time::Instant::now() < until {
+                let status = old.conn.status();
+                if status.closed() || status.errored() {
+                    return;
+                }
+                if status.connected() {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        old.conn.close(200, ShortString::from("replaced")),
+                    )
+                    .await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         });
         tracing::info!("connected to the broker again");
         Ok(())
@@ -156,8 +171,13 @@ impl AmqpBroker {
     /// # Errors
     /// The broker cannot be reached.
     pub(crate) async fn reconnect(&self) -> Result<(), BrokerError> {
+        self.reconnect_within(RECOVERY_GRACE).await
+    }
+
+    /// [`Self::reconnect`], giving lapin's recovery only `grace` (the caller already waited).
+    pub(crate) async fn reconnect_within(&self, grace: Duration) -> Result<(), BrokerError> {
         let seen = self.inner();
-        let deadline = tokio::time::Instant::now() + RECOVERY_GRACE;
+        let deadline = tokio::time::Instant::now() + grace;
         while !seen.conn.status().connected() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

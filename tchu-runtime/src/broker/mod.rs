@@ -277,9 +277,10 @@ impl Broker {
 
     /// Makes sure the connection is up, replacing it when lapin's recovery did not bring it
     /// back in time (one attempt; a no-op for the in-process broker).
-    pub(crate) async fn reconnect(&self) -> Result<(), BrokerError> {
+    /// lapin's own recovery gets `grace` (less when the caller already waited for it).
+    pub(crate) async fn reconnect_within(&self, grace: Duration) -> Result<(), BrokerError> {
         match self {
-            Broker::Amqp(b) => b.reconnect().await,
+            Broker::Amqp(b) => b.reconnect_within(grace).await,
             Broker::Memory(_) => Ok(()),
         }
     }
