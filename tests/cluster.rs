@@ -424,7 +424,7 @@ impl Cluster {
             dir: dir.clone(),
             servers: Vec::new(),
         };
-        for i in 0..3 {
+        for (i, port) in AMQP_PORTS.iter().enumerate() {
             let d = dir.join(format!("n{}", i + 1));
             std::fs::create_dir_all(d.join("mnesia")).expect("mkdir");
             std::fs::create_dir_all(d.join("log")).expect("mkdir");
@@ -432,7 +432,7 @@ impl Cluster {
             // Our own config file: the machine's one pins the listener to 5672.
             std::fs::write(
                 d.join("rabbitmq.conf"),
-                format!("listeners.tcp.1 = 127.0.0.1:{}\n", AMQP_PORTS[i]),
+                format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
             )
             .expect("config file");
         }
@@ -581,6 +581,9 @@ async fn failover_scenario() {
             let _ = tx.send((d.event["n"].as_u64().unwrap_or(u64::MAX), Instant::now()));
             async { Ok::<(), Infallible>(()) }
         })
+        .subscribe("cl.echo", "echo", |d: Arc<Delivery>| async move {
+            Ok::<_, Infallible>(d.event.clone())
+        })
         .start()
         .await
         .expect("service start on the cluster");
@@ -596,6 +599,14 @@ async fn failover_scenario() {
         .await
         .expect("connect timed out")
         .expect("publisher connect");
+
+    // The caller's direct reply-to consumer is set up before the failover.
+    let t = Some(Duration::from_secs(10));
+    let v = publisher
+        .call("cl.echo", &json!({"n": 1}), t)
+        .await
+        .expect("call before the failover");
+    assert_eq!(v["n"], 1);
 
     // Both connect to the first node, which also leads the quorum queue (declared there).
     const TOTAL: u64 = 10_000;
@@ -681,6 +692,12 @@ async fn failover_scenario() {
     })
     .await;
     assert_eq!(got, Ok(true), "an event after the failover was handled");
+    // Calls still get their reply: the reply consumer was subscribed on the new connection.
+    let v = publisher
+        .call("cl.echo", &json!({"n": 2}), t)
+        .await
+        .expect("call after the failover");
+    assert_eq!(v["n"], 2);
     assert!(r.client().is_connected() && publisher.is_connected());
     r.shutdown().await;
     names.cleanup(&publisher, &["svc"], &[]).await;
