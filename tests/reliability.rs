@@ -1216,3 +1216,60 @@ async fn sigterm_under_load_loses_nothing() {
     let _ = std::fs::remove_file(&out);
     names.cleanup(&client, &["worker"], &[]).await;
 }
+
+// --- 7. RPC after the caller's connection was replaced or recovered ---------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_reply_arrives_after_the_callers_connection_is_cut() {
+    let names = Names::new("rpccut");
+    let responder = App::new(names.config())
+        .service(names.service("responder"))
+        .only_module("none")
+        .subscribe("rpccut.echo", "echo", |d: Arc<Delivery>| async move {
+            Ok::<_, Infallible>(d.event.clone())
+        })
+        .start()
+        .await
+        .expect("start responder");
+    let mut cc = names.config();
+    cc.service = Some(names.service("caller")); // the connection's name
+    let caller = tokio::time::timeout(WAIT, Client::connect(cc))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let t = Some(Duration::from_secs(10));
+    let v = caller
+        .call("rpccut.echo", &json!({"n": 1}), t)
+        .await
+        .expect("call before the cut");
+    assert_eq!(v["n"], 1);
+    // Only the caller's connection (its name ends with `.caller`).
+    let marker = format!("{}.caller", names.prefix);
+    let cut = tokio::task::spawn_blocking(move || close_connections(&marker))
+        .await
+        .expect("close");
+    assert_eq!(cut, 1, "the caller's connection was closed");
+    let t0 = Instant::now();
+    let mut n = 2;
+    // Calls go on (the first ones may wait for the recovery); each gets its reply.
+    while n <= 4 {
+        match caller.call("rpccut.echo", &json!({"n": n}), t).await {
+            Ok(v) => {
+                assert_eq!(v["n"], n);
+                n += 1;
+            }
+            Err(e) => panic!(
+                "call {n} after the cut failed after {:?}: {e}",
+                t0.elapsed()
+            ),
+        }
+    }
+    eprintln!(
+        "rpc after a connection cut: 3 calls answered {:?} after the cut",
+        t0.elapsed()
+    );
+    assert_eq!(caller.pending_calls(), 0);
+    responder.shutdown().await;
+    names.cleanup(&caller, &["responder"], &[]).await;
+    caller.close().await;
+}

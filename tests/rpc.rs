@@ -232,10 +232,9 @@ async fn rpc_and_broadcast_handlers_in_one_service_do_not_interfere() {
     }
     let got = common::recv_n(&mut rx, 20).await;
     assert!(got.iter().all(|t| t == "news.item"));
-    let s = r.stats();
+    let s = r.shutdown().await;
     assert_eq!(s.replied, 20, "only requests are answered");
     assert_eq!(s.dead_lettered, 0);
-    r.shutdown().await;
     names.cleanup(&c, &["responder"], &[]).await;
 }
 

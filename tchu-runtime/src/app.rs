@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::broker::{Broker, Consumer};
+use crate::broker::{Broker, Consumer, QueueType};
 use crate::client::Client;
 use crate::config::Config;
 use crate::context::ContextHelpers;
@@ -109,6 +109,15 @@ impl App {
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the type of the service's queues (main, dead-letter, retry wait queues and binding
+    /// record); default [`QueueType::Classic`]. Declaring against existing queues of another
+    /// type fails at start with the way to migrate.
+    #[must_use]
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.config.queue_type = queue_type;
         self
     }
 
@@ -491,7 +500,10 @@ impl Running {
     /// Stops consuming, lets in-flight handlers finish within the grace period, and returns
     /// unstarted deliveries to the queue. The health endpoints answer 503 during the grace
     /// period and stop with it.
-    pub async fn shutdown(mut self) {
+    ///
+    /// Returns the service's final counters: every delivery taken before the stop is settled
+    /// and counted by then.
+    pub async fn shutdown(mut self) -> StatsSnapshot {
         self.health.consuming.store(false, Ordering::Relaxed);
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {
@@ -501,6 +513,7 @@ impl Running {
             m.task.abort();
             let _ = m.task.await; // the listener is closed once this returns
         }
+        self.stats.snapshot()
     }
 }
 
@@ -513,11 +526,20 @@ struct Resubscribe {
 impl Resubscribe {
     /// Reconnects, declares the topology again and consumes anew, with backoff, until it works
     /// or a stop is requested (`None`).
-    async fn run(&self, broker: &Broker, stop: &mut watch::Receiver<bool>) -> Option<Consumer> {
+    /// `waited` is how long the connection was already seen down: lapin's recovery gets only
+    /// the rest of [`RECOVERY_GRACE`](crate::broker::amqp::RECOVERY_GRACE) before the
+    /// connection is replaced (on a cluster: by one to the next node).
+    async fn run(
+        &self,
+        broker: &Broker,
+        stop: &mut watch::Receiver<bool>,
+        waited: Duration,
+    ) -> Option<Consumer> {
         let mut backoff = Duration::from_millis(200);
+        let mut grace = crate::broker::amqp::RECOVERY_GRACE.saturating_sub(waited);
         loop {
             let attempt = async {
-                broker.reconnect().await?;
+                broker.reconnect_within(grace).await?;
                 self.topology.declare(broker).await?;
                 broker.consume(&self.topology.queue, self.prefetch).await
             };
@@ -533,6 +555,7 @@ impl Resubscribe {
                 _ = stop.changed() => return None,
                 _ = tokio::time::sleep(backoff) => {}
             }
+            grace = Duration::ZERO;
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
@@ -603,7 +626,8 @@ async fn consume_loop(
                 consuming.store(false, Ordering::Relaxed);
                 crate::telemetry::connected(broker.is_connected());
                 drop(permit);
-                let Some(fresh) = resubscribe.run(&broker, &mut stop).await else {
+                let waited = down_since.map_or(Duration::ZERO, |t| t.elapsed());
+                let Some(fresh) = resubscribe.run(&broker, &mut stop, waited).await else {
                     break;
                 };
                 consuming.store(true, Ordering::Relaxed);

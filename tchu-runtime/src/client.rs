@@ -69,9 +69,9 @@ impl Client {
     /// The broker cannot be reached.
     pub async fn connect(config: Config) -> Result<Client, Error> {
         let broker = match &config.broker {
-            BrokerUrl::Amqp(url) => {
+            BrokerUrl::Amqp(urls) => {
                 let name = config.service.clone().unwrap_or_else(|| "tchu".to_owned());
-                Broker::Amqp(AmqpBroker::connect(url, &name, config.publish_timeout).await?)
+                Broker::Amqp(AmqpBroker::connect(urls, &name, config.publish_timeout).await?)
             }
             BrokerUrl::Memory(m) => Broker::Memory(m.clone()),
         };

@@ -26,44 +26,134 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the broker is. Displays and debugs without credentials.
 #[derive(Clone)]
 pub enum BrokerUrl {
-    /// RabbitMQ (`amqp://` or `amqps://`).
-    Amqp(String),
+    /// RabbitMQ (`amqp://` or `amqps://`): one URL per node of a cluster, tried in order. The
+    /// client connects to the first that answers and, when the connection is lost and cannot be
+    /// recovered, to the next ones (see `docs/cluster.md`).
+    Amqp(Vec<String>),
     /// The in-process broker.
     Memory(MemoryBroker),
 }
 
 impl BrokerUrl {
-    /// Parses a URL: `memory://` makes a new in-process broker.
+    /// Parses a URL: `memory://` makes a new in-process broker. An `amqp://` URL may name
+    /// several nodes, either in its host part (`amqp://user:pass@h1:5672,h2:5673/%2f`: the
+    /// credentials, virtual host and query apply to every node) or as comma-separated full URLs
+    /// (`amqp://u:p@h1/%2f,amqp://u:p@h2/%2f`, as in `TCHU_BROKER_URLS`).
     ///
     /// # Errors
-    /// An unknown scheme.
+    /// An unknown scheme, or an empty host in a list.
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let url = url.trim();
         if url.starts_with("memory://") {
-            Ok(BrokerUrl::Memory(MemoryBroker::new()))
-        } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
-            Ok(BrokerUrl::Amqp(url.to_owned()))
-        } else {
-            Err(ConfigError::BrokerUrl(format!(
-                "`{}`: expected amqp://, amqps:// or memory://",
-                redact(url)
-            )))
+            return Ok(BrokerUrl::Memory(MemoryBroker::new()));
+        }
+        let mut urls = Vec::new();
+        for one in split_full_urls(url) {
+            if !(one.starts_with("amqp://") || one.starts_with("amqps://")) {
+                return Err(ConfigError::BrokerUrl(format!(
+                    "`{}`: expected amqp://, amqps:// or memory://",
+                    redact(one)
+                )));
+            }
+            urls.extend(expand_hosts(one)?);
+        }
+        Ok(BrokerUrl::Amqp(urls))
+    }
+
+    /// The `amqp://` URLs of the nodes, in the order they are tried (empty for `memory://`).
+    /// They hold credentials: do not log them (use [`redact`]).
+    pub fn amqp_urls(&self) -> &[String] {
+        match self {
+            BrokerUrl::Amqp(urls) => urls,
+            BrokerUrl::Memory(_) => &[],
         }
     }
 }
 
-/// Replaces the password in a URL by `***`.
+/// Splits `a,amqp://b,amqps://c` at the commas that start another URL (a comma elsewhere
+/// belongs to a host list or to a password).
+fn split_full_urls(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in s.match_indices(',') {
+        if starts_with_scheme(s[i + 1..].trim_start()) {
+            out.push(s[start..i].trim());
+            start = i + 1;
+        }
+    }
+    out.push(s[start..].trim());
+    out
+}
+
+/// Whether `s` starts with `scheme://`.
+fn starts_with_scheme(s: &str) -> bool {
+    let Some(end) = s.find("://") else {
+        return false;
+    };
+    let scheme = &s[..end];
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Where the authority of a URL ends (the first `/`, `?` or `#` after the scheme).
+fn authority_range(url: &str) -> Option<(usize, usize)> {
+    let begin = url.find("://")? + 3;
+    let end = url[begin..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| begin + i);
+    Some((begin, end))
+}
+
+/// `amqp://u:p@h1,h2:5673/v` becomes `amqp://u:p@h1/v` and `amqp://u:p@h2:5673/v`.
+fn expand_hosts(url: &str) -> Result<Vec<String>, ConfigError> {
+    let Some((begin, end)) = authority_range(url) else {
+        return Ok(vec![url.to_owned()]);
+    };
+    let authority = &url[begin..end];
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    if !hosts.contains(',') {
+        return Ok(vec![url.to_owned()]);
+    }
+    hosts
+        .split(',')
+        .map(|h| {
+            let h = h.trim();
+            if h.is_empty() {
+                Err(ConfigError::BrokerUrl(format!(
+                    "`{}`: empty host in the host list",
+                    redact(url)
+                )))
+            } else {
+                Ok(format!("{}{userinfo}{h}{}", &url[..begin], &url[end..]))
+            }
+        })
+        .collect()
+}
+
+/// Replaces the password in a URL by `***` (in every URL of a comma-separated list).
 pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
+    split_full_urls(url)
+        .into_iter()
+        .map(redact_one)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let Some((begin, end)) = authority_range(url) else {
         return url.to_owned();
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
+    let authority = &url[begin..end];
     match authority.rfind('@') {
         Some(at) => {
             let userinfo = &authority[..at];
             let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme_end + 3], &rest[at..])
+            format!("{}{user}:***{}", &url[..begin], &url[begin + at..])
         }
         None => url.to_owned(),
     }
@@ -78,7 +168,15 @@ impl fmt::Debug for BrokerUrl {
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BrokerUrl::Amqp(u) => f.write_str(&redact(u)),
+            BrokerUrl::Amqp(urls) => {
+                for (i, u) in urls.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(&redact_one(u))?;
+                }
+                Ok(())
+            }
             BrokerUrl::Memory(_) => f.write_str("memory://"),
         }
     }
@@ -143,14 +241,17 @@ impl Config {
         Config::new(BrokerUrl::Memory(broker.clone()))
     }
 
-    /// Reads `TCHU_BROKER_URL` (then `AMQP_URL`, default [`DEFAULT_BROKER_URL`]),
-    /// `TCHU_EXCHANGE`, `TCHU_SERVICE` (default: the executable's file name), `TCHU_PREFETCH`,
-    /// `TCHU_CONCURRENCY`, `TCHU_FORMAT` (`celery` or `native`), `TCHU_METRICS_ADDR`.
+    /// Reads `TCHU_BROKER_URLS` (comma-separated full URLs, one per cluster node), else
+    /// `TCHU_BROKER_URL` (then `AMQP_URL`, default [`DEFAULT_BROKER_URL`]; it may list several
+    /// hosts, see [`BrokerUrl::parse`]), `TCHU_EXCHANGE`, `TCHU_SERVICE` (default: the
+    /// executable's file name), `TCHU_PREFETCH`, `TCHU_CONCURRENCY`, `TCHU_FORMAT` (`celery` or
+    /// `native`), `TCHU_QUEUE_TYPE` (`classic` or `quorum`), `TCHU_METRICS_ADDR`.
     ///
     /// # Errors
     /// A bad value.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let url = std::env::var("TCHU_BROKER_URL")
+        let url = std::env::var("TCHU_BROKER_URLS")
+            .or_else(|_| std::env::var("TCHU_BROKER_URL"))
             .or_else(|_| std::env::var("AMQP_URL"))
             .unwrap_or_else(|_| DEFAULT_BROKER_URL.to_owned());
         let mut c = Config::new(BrokerUrl::parse(&url)?);
@@ -194,6 +295,12 @@ impl Config {
                 }
             };
         }
+        if let Ok(t) = std::env::var("TCHU_QUEUE_TYPE") {
+            c.queue_type = t.parse().map_err(|e: ConfigError| ConfigError::Env {
+                name: "TCHU_QUEUE_TYPE",
+                reason: e.to_string(),
+            })?;
+        }
         Ok(c)
     }
 }
@@ -210,5 +317,72 @@ mod tests {
         let c = Config::new(u);
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(redact("amqp://host/"), "amqp://host/");
+    }
+
+    fn urls(s: &str) -> Vec<String> {
+        BrokerUrl::parse(s).unwrap().amqp_urls().to_vec()
+    }
+
+    #[test]
+    fn a_host_list_expands_to_one_url_per_node() {
+        assert_eq!(
+            urls("amqp://user:pass@h1:5672,h2:5673,h3:5674/%2f"),
+            vec![
+                "amqp://user:pass@h1:5672/%2f",
+                "amqp://user:pass@h2:5673/%2f",
+                "amqp://user:pass@h3:5674/%2f",
+            ]
+        );
+        assert_eq!(
+            urls("amqps://h1, h2?heartbeat=10"),
+            vec!["amqps://h1?heartbeat=10", "amqps://h2?heartbeat=10"]
+        );
+        assert_eq!(urls("amqp://u:p@one:5672"), vec!["amqp://u:p@one:5672"]);
+        // A comma in a password is not a host separator.
+        assert_eq!(urls("amqp://u:a,b@h/%2f"), vec!["amqp://u:a,b@h/%2f"]);
+        assert!(BrokerUrl::parse("amqp://u:p@h1,,h2/").is_err());
+    }
+
+    #[test]
+    fn a_list_of_full_urls_is_split_and_may_mix_host_lists() {
+        assert_eq!(
+            urls("amqp://a:1@h1:5681/%2f, amqp://b:2@h2:5682/%2f,amqps://c:3@h3,h4/v"),
+            vec![
+                "amqp://a:1@h1:5681/%2f",
+                "amqp://b:2@h2:5682/%2f",
+                "amqps://c:3@h3/v",
+                "amqps://c:3@h4/v",
+            ]
+        );
+        assert!(BrokerUrl::parse("amqp://h1,http://h2").is_err());
+        assert!(BrokerUrl::parse("amqp://h1/,http://h2").is_err());
+    }
+
+    #[test]
+    fn every_password_is_redacted() {
+        let u =
+            BrokerUrl::parse("amqp://alice:s1@h1:5672,h2:5673/%2f,amqp://bob:s2@h3/%2f").unwrap();
+        let shown = u.to_string();
+        assert_eq!(
+            shown,
+            "amqp://alice:***@h1:5672/%2f,amqp://alice:***@h2:5673/%2f,amqp://bob:***@h3/%2f"
+        );
+        assert!(!format!("{u:?}").contains("s1") && !shown.contains("s2"));
+        assert_eq!(
+            redact("amqp://alice:s1@h1,h2/%2f,amqp://bob:s2@h3/%2f"),
+            "amqp://alice:***@h1,h2/%2f,amqp://bob:***@h3/%2f"
+        );
+        let err = BrokerUrl::parse("amqp://a:secret@h/,ftp://b:secret2@h")
+            .err()
+            .unwrap();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn queue_types_parse() {
+        assert_eq!("quorum".parse::<QueueType>().unwrap(), QueueType::Quorum);
+        assert_eq!("Classic".parse::<QueueType>().unwrap(), QueueType::Classic);
+        assert!("stream".parse::<QueueType>().is_err());
+        assert_eq!(QueueType::Quorum.to_string(), "quorum");
     }
 }

@@ -514,7 +514,10 @@ impl Dispatcher {
             let mut spec = QueueSpec::durable(&wait_queue, self.queue_type);
             spec.message_ttl = Some(Duration::from_millis(delay_ms));
             spec.dead_letter = Some((String::new(), self.queue.clone()));
-            self.broker().declare_queue(&spec).await?;
+            self.broker()
+                .declare_queue(&spec)
+                .await
+                .map_err(|e| e.for_service(&self.queue))?;
             if let Ok(mut s) = self.retry_queues.lock() {
                 s.insert(delay_ms);
             }

@@ -10,6 +10,8 @@ pub struct BrokerError {
     context: String,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// A queue declare refused because the queue exists with other arguments.
+    queue_mismatch: bool,
 }
 
 impl BrokerError {
@@ -17,6 +19,7 @@ impl BrokerError {
         BrokerError {
             context: context.into(),
             source: None,
+            queue_mismatch: false,
         }
     }
 
@@ -27,7 +30,50 @@ impl BrokerError {
         BrokerError {
             context: context.into(),
             source: Some(Box::new(source)),
+            queue_mismatch: false,
         }
+    }
+
+    /// The broker refused to declare `queue` as a `wanted` queue (PRECONDITION_FAILED): it
+    /// exists with other arguments. The text says how to migrate.
+    pub(crate) fn queue_mismatch(
+        queue: &str,
+        wanted: crate::broker::QueueType,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let other = match wanted {
+            crate::broker::QueueType::Classic => crate::broker::QueueType::Quorum,
+            crate::broker::QueueType::Quorum => crate::broker::QueueType::Classic,
+        };
+        BrokerError {
+            context: format!(
+                "cannot declare `{queue}` as a {wanted} queue: the queue exists with other \
+                 arguments (for example another x-queue-type); to migrate: drain it, delete it \
+                 (`rabbitmqctl delete_queue {queue}`), and start the service again, or keep the \
+                 old type with TCHU_QUEUE_TYPE={other}"
+            ),
+            source: Some(Box::new(source)),
+            queue_mismatch: true,
+        }
+    }
+
+    /// Adds, to a queue mismatch on one of a service's queues, that they migrate together.
+    pub(crate) fn for_service(mut self, service: &str) -> Self {
+        if self.queue_mismatch {
+            self.context = format!(
+                "{}; all the service's queues have one type, so migrate `{service}`, \
+                 `{service}.dlq`, `{service}.tchu.bindings` and the `{service}.retry.*` \
+                 wait queues together",
+                self.context
+            );
+        }
+        self
+    }
+
+    /// Whether a queue declare was refused because the queue exists with other arguments
+    /// (for example another queue type).
+    pub fn is_queue_mismatch(&self) -> bool {
+        self.queue_mismatch
     }
 }
 
@@ -189,6 +235,9 @@ pub enum ConfigError {
         /// Why the value is not accepted.
         reason: String,
     },
+    /// Not a queue type.
+    #[error("unknown queue type `{0}`: expected `classic` or `quorum`")]
+    QueueType(String),
     /// No service name could be determined.
     #[error("no service name: set TCHU_SERVICE or `App::service`")]
     NoServiceName,

@@ -49,16 +49,13 @@ impl Topology {
     /// Declares everything; idempotent.
     pub(crate) async fn declare(&self, broker: &Broker) -> Result<Declared, BrokerError> {
         broker.declare_exchange(&self.exchange).await?;
-        broker
-            .declare_queue(&QueueSpec::durable(&self.queue, self.queue_type))
-            .await?;
-        broker
-            .declare_queue(&QueueSpec::durable(self.dlq(), self.queue_type))
-            .await?;
         let record_queue = self.record_queue();
-        broker
-            .declare_queue(&QueueSpec::durable(&record_queue, QueueType::Classic))
-            .await?;
+        for q in [self.queue.clone(), self.dlq(), record_queue.clone()] {
+            broker
+                .declare_queue(&QueueSpec::durable(q, self.queue_type))
+                .await
+                .map_err(|e| e.for_service(&self.queue))?;
+        }
         let wanted: BTreeSet<&str> = self.patterns.iter().map(Pattern::as_str).collect();
         for p in &wanted {
             broker.bind(&self.queue, &self.exchange, p).await?;

@@ -7,6 +7,14 @@
 //! `Reconnecting` for good), so when it has not recovered within [`RECOVERY_GRACE`],
 //! [`AmqpBroker::reconnect`] replaces the connection and the publish channel with new ones;
 //! the service's consume loop then declares its topology again and consumes anew.
+//!
+//! Several URLs (the nodes of a cluster) are tried in order: the first that answers is used, and
+//! a replacement connection tries the nodes after the current one first, so a client fails over
+//! to a live node when its node stops.
+//!
+//! Direct reply-to replies are forwarded from the publish channel's reply consumer to one
+//! receiver; a replacement connection subscribes its reply consumer before it is used for
+//! publishing (a request published with `reply_to` and no reply consumer closes the channel).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +31,10 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+
 use crate::broker::{Confirm, InboundDelivery, QueueSpec, QueueType, ReplyConsumer};
+use crate::config::redact;
 use crate::error::BrokerError;
 use crate::message::{HeaderValue, Headers, Message, Properties};
 
@@ -35,21 +46,32 @@ pub(crate) const RECOVERY_GRACE: Duration = Duration::from_secs(3);
 /// The longest a single publish waits for its confirm before the connection is checked (a
 /// confirm in flight when the connection drops may never resolve).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an abandoned connection is watched, to close it if lapin recovers it.
+const ABANDONED_WATCH: Duration = Duration::from_secs(3600);
+/// The longest one node may take to accept a connection before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Inner {
     conn: Connection,
     publish: Channel,
+    /// Index in `Shared::urls` of the node this connection is to.
+    node: usize,
 }
+
+type ReplySender = tokio::sync::mpsc::UnboundedSender<Message>;
 
 #[derive(Debug)]
 struct Shared {
-    url: String,
+    /// One URL per node, tried in order.
+    urls: Vec<String>,
     name: String,
     publish_timeout: Duration,
     current: std::sync::RwLock<Arc<Inner>>,
     /// Held while a new connection is being made, so that only one is.
     reconnecting: tokio::sync::Mutex<()>,
+    /// Where direct reply-to replies go, once RPC is used.
+    replies: std::sync::Mutex<Option<ReplySender>>,
 }
 
 /// A connection to RabbitMQ.
@@ -63,22 +85,31 @@ fn err(context: &str) -> impl FnOnce(lapin::Error) -> BrokerError + '_ {
 }
 
 impl AmqpBroker {
-    /// Connects; `url` is an `amqp://` URL (never logged: it holds credentials).
+    /// Connects to the first of `urls` (`amqp://` URLs, one per node; logged only redacted)
+    /// that answers.
     pub(crate) async fn connect(
-        url: &str,
+        urls: &[String],
         name: &str,
         publish_timeout: Duration,
     ) -> Result<Self, BrokerError> {
-        let inner = open(url, name).await?;
+        let inner = open_any(urls, 0, name, None).await?;
         Ok(AmqpBroker {
             shared: Arc::new(Shared {
-                url: url.to_owned(),
+                urls: urls.to_vec(),
                 name: name.to_owned(),
                 publish_timeout,
                 current: std::sync::RwLock::new(Arc::new(inner)),
                 reconnecting: tokio::sync::Mutex::new(()),
+                replies: std::sync::Mutex::new(None),
             }),
         })
+    }
+
+    fn reply_sender(&self) -> Option<ReplySender> {
+        match self.shared.replies.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     fn inner(&self) -> Arc<Inner> {
@@ -97,19 +128,38 @@ impl AmqpBroker {
             return Ok(());
         }
         tracing::warn!("the broker connection did not recover; opening a new one");
-        let fresh = open(&self.shared.url, &self.shared.name).await?;
+        let fresh = open_any(
+            &self.shared.urls,
+            seen.node + 1,
+            &self.shared.name,
+            self.reply_sender(),
+        )
+        .await?;
         match self.shared.current.write() {
             Ok(mut g) => *g = Arc::new(fresh),
             Err(p) => *p.into_inner() = Arc::new(fresh),
         }
-        // The old connection is abandoned: stop lapin's recovery of it.
+        // The old connection is abandoned, but lapin goes on recovering it (and would replay its
+        // consumers when its node comes back, holding deliveries nobody reads): close it as
+        // soon as it is up again, or stop watching once lapin gave up on it.
         let old = Arc::clone(seen);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                old.conn.close(200, ShortString::from("replaced")),
-            )
-            .await;
+            let until = tokio::time::Instant::now() + ABANDONED_WATCH;
+            while tokio::time::Instant::now() < until {
+                let status = old.conn.status();
+                if status.closed() || status.errored() {
+                    return;
+                }
+                if status.connected() {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        old.conn.close(200, ShortString::from("replaced")),
+                    )
+                    .await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         });
         tracing::info!("connected to the broker again");
         Ok(())
@@ -121,8 +171,13 @@ impl AmqpBroker {
     /// # Errors
     /// The broker cannot be reached.
     pub(crate) async fn reconnect(&self) -> Result<(), BrokerError> {
+        self.reconnect_within(RECOVERY_GRACE).await
+    }
+
+    /// [`Self::reconnect`], giving lapin's recovery only `grace` (the caller already waited).
+    pub(crate) async fn reconnect_within(&self, grace: Duration) -> Result<(), BrokerError> {
         let seen = self.inner();
-        let deadline = tokio::time::Instant::now() + RECOVERY_GRACE;
+        let deadline = tokio::time::Instant::now() + grace;
         while !seen.conn.status().connected() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -134,6 +189,17 @@ impl AmqpBroker {
         F: FnOnce(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, lapin::Error>>,
     {
+        self.with_channel_map(f, |e| BrokerError::with_source(what.to_owned(), e))
+            .await
+    }
+
+    /// [`Self::with_channel`] with a custom mapping of the error.
+    async fn with_channel_map<T, F, Fut, M>(&self, f: F, map: M) -> Result<T, BrokerError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, lapin::Error>>,
+        M: FnOnce(lapin::Error) -> BrokerError,
+    {
         // Declarations can close a channel (precondition failures): use a short-lived one so the
         // publish channel is never lost to a bad declare.
         let ch = self
@@ -142,9 +208,7 @@ impl AmqpBroker {
             .create_channel()
             .await
             .map_err(err("cannot open a channel"))?;
-        let r = f(ch.clone())
-            .await
-            .map_err(|e| BrokerError::with_source(what.to_owned(), e));
+        let r = f(ch.clone()).await.map_err(map);
         if r.is_ok() {
             let _ = ch.close(200, ShortString::from("done")).await;
         }
@@ -177,6 +241,19 @@ impl AmqpBroker {
                 "x-queue-type".into(),
                 AMQPValue::LongString("quorum".into()),
             );
+            if spec.dead_letter.is_some() {
+                // Quorum queues dead-letter at most once by default: a retry whose TTL expires
+                // while the target is unavailable would be lost. At least once needs
+                // reject-publish overflow (RabbitMQ 3.10+).
+                args.insert(
+                    "x-dead-letter-strategy".into(),
+                    AMQPValue::LongString("at-least-once".into()),
+                );
+                args.insert(
+                    "x-overflow".into(),
+                    AMQPValue::LongString("reject-publish".into()),
+                );
+            }
         }
         if let Some((x, rk)) = &spec.dead_letter {
             args.insert(
@@ -192,23 +269,27 @@ impl AmqpBroker {
             let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
         }
-        let what = format!(
-            "cannot declare queue `{}` (if it exists with other arguments or another type, \
-             delete it or migrate its messages first)",
-            spec.name
-        );
-        self.with_channel(&what, |ch| async move {
-            ch.queue_declare(
-                ShortString::from(spec.name.as_str()),
-                QueueDeclareOptions {
-                    durable: spec.durable,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .map(|_| ())
-        })
+        self.with_channel_map(
+            |ch| async move {
+                ch.queue_declare(
+                    ShortString::from(spec.name.as_str()),
+                    QueueDeclareOptions {
+                        durable: spec.durable,
+                        ..Default::default()
+                    },
+                    args,
+                )
+                .await
+                .map(|_| ())
+            },
+            |e| {
+                if is_precondition_failed(&e) {
+                    BrokerError::queue_mismatch(&spec.name, spec.queue_type, e)
+                } else {
+                    BrokerError::with_source(format!("cannot declare queue `{}`", spec.name), e)
+                }
+            },
+        )
         .await
     }
 
@@ -365,28 +446,18 @@ impl AmqpBroker {
         })
     }
 
+    /// Subscribes direct reply-to on the publish channel (once per connection: a replacement
+    /// connection subscribes again by itself) and returns the receiver of every reply.
     pub(crate) async fn reply_consumer(&self) -> Result<(String, ReplyConsumer), BrokerError> {
-        let inner = self.inner();
-        let consumer = inner
-            .publish
-            .basic_consume(
-                DIRECT_REPLY_TO.into(),
-                ShortString::from(format!("tchu-reply-{}", uuid::Uuid::new_v4())),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err("cannot consume direct reply-to"))?;
-        Ok((
-            DIRECT_REPLY_TO.to_owned(),
-            ReplyConsumer::Amqp(Box::new(AmqpConsumer {
-                channel: inner.publish.clone(),
-                consumer,
-            })),
-        ))
+        // Under the reconnect lock, so that a replacement cannot slip in between.
+        let _one = self.shared.reconnecting.lock().await;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        subscribe_replies(&self.inner().publish, tx.clone()).await?;
+        match self.shared.replies.lock() {
+            Ok(mut g) => *g = Some(tx),
+            Err(p) => *p.into_inner() = Some(tx),
+        }
+        Ok((DIRECT_REPLY_TO.to_owned(), ReplyConsumer::Amqp(rx)))
     }
 
     pub(crate) async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
@@ -490,6 +561,97 @@ impl AmqpAcker {
     }
 }
 
+/// Consumes direct reply-to on `publish` and forwards every reply to `tx` until the channel's
+/// consumer ends (its connection replaced) or nobody listens any more.
+async fn subscribe_replies(publish: &Channel, tx: ReplySender) -> Result<(), BrokerError> {
+    let mut consumer = publish
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            ShortString::from(format!("tchu-reply-{}", uuid::Uuid::new_v4())),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err("cannot consume direct reply-to"))?;
+    tokio::spawn(async move {
+        while let Some(d) = consumer.next().await {
+            match d {
+                Ok(d) => {
+                    if tx.send(from_lapin_delivery(&d)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reply consumer error"),
+            }
+        }
+        tracing::debug!("reply consumer of a connection ended");
+    });
+    Ok(())
+}
+
+/// Whether a declare was refused because the entity exists with other arguments.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(p)
+            if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}
+
+/// Opens a connection to the first node that answers, trying `urls` in order from `start`
+/// (wrapping around). With `replies`, direct reply-to is subscribed on the new publish channel
+/// before it is returned.
+async fn open_any(
+    urls: &[String],
+    start: usize,
+    name: &str,
+    replies: Option<ReplySender>,
+) -> Result<Inner, BrokerError> {
+    let mut last = None;
+    for k in 0..urls.len() {
+        let node = (start + k) % urls.len();
+        let url = &urls[node];
+        let attempt = async {
+            let mut inner = open(url, name).await?;
+            inner.node = node;
+            if let Some(tx) = &replies {
+                subscribe_replies(&inner.publish, tx.clone()).await?;
+            }
+            Ok::<_, BrokerError>(inner)
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(inner)) => {
+                if urls.len() > 1 {
+                    tracing::info!(node = %redact(url), "connected to broker node");
+                }
+                return Ok(inner);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(node = %redact(url), error = %e, "cannot connect to broker node");
+                last = Some(e);
+            }
+            Err(_) => {
+                tracing::warn!(node = %redact(url), "connecting to broker node timed out");
+                last = Some(BrokerError::new(format!(
+                    "connecting to {} timed out",
+                    redact(url)
+                )));
+            }
+        }
+    }
+    Err(match last {
+        Some(e) if urls.len() == 1 => e,
+        Some(e) => BrokerError::with_source(
+            format!("cannot connect to any of the {} broker nodes", urls.len()),
+            e,
+        ),
+        None => BrokerError::new("no broker URL"),
+    })
+}
+
 /// Opens a connection with auto-recovery and its confirm-mode publish channel.
 async fn open(url: &str, name: &str) -> Result<Inner, BrokerError> {
     let props = ConnectionProperties::default()
@@ -506,7 +668,11 @@ async fn open(url: &str, name: &str) -> Result<Inner, BrokerError> {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(err("cannot enable publisher confirms"))?;
-    Ok(Inner { conn, publish })
+    Ok(Inner {
+        conn,
+        publish,
+        node: 0,
+    })
 }
 
 fn from_lapin_delivery(d: &LapinDelivery) -> Message {

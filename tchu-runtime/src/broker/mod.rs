@@ -23,14 +23,46 @@ pub(crate) enum Confirm {
     Returned,
 }
 
-/// Queue type (see the cluster docs).
+/// The type of a service's queues: its main queue, its dead-letter queue, its retry wait
+/// queues and its binding record (`TCHU_QUEUE_TYPE`, [`App::queue_type`](crate::App::queue_type);
+/// see `docs/cluster.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueType {
-    /// Classic durable queue (the default).
+    /// Classic durable queue (the default): lives on one node of a cluster.
     #[default]
     Classic,
-    /// Replicated Raft-based queue for clusters.
+    /// Quorum queue: replicated on the cluster's nodes (Raft), survives the loss of a minority
+    /// of them. Works on a single node too.
     Quorum,
+}
+
+impl QueueType {
+    /// The name used by RabbitMQ's `x-queue-type` and by `TCHU_QUEUE_TYPE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = crate::error::ConfigError;
+
+    /// `classic` or `quorum` (any case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            _ => Err(crate::error::ConfigError::QueueType(s.to_owned())),
+        }
+    }
 }
 
 /// A queue to declare.
@@ -118,20 +150,15 @@ impl Consumer {
 /// Replies to this client's RPC calls, from every responder.
 #[derive(Debug)]
 pub(crate) enum ReplyConsumer {
-    Amqp(Box<amqp::AmqpConsumer>),
+    /// Fed by the reply consumer of the current connection (re-subscribed on a new one).
+    Amqp(tokio::sync::mpsc::UnboundedReceiver<Message>),
     Memory(tokio::sync::mpsc::UnboundedReceiver<Message>),
 }
 
 impl ReplyConsumer {
     pub(crate) async fn next(&mut self) -> Option<Message> {
         match self {
-            ReplyConsumer::Amqp(c) => loop {
-                match c.next().await? {
-                    Ok(d) => return Some(d.message),
-                    Err(e) => tracing::warn!(error = %e, "reply consumer error"),
-                }
-            },
-            ReplyConsumer::Memory(r) => r.recv().await,
+            ReplyConsumer::Amqp(r) | ReplyConsumer::Memory(r) => r.recv().await,
         }
     }
 }
@@ -250,9 +277,10 @@ impl Broker {
 
     /// Makes sure the connection is up, replacing it when lapin's recovery did not bring it
     /// back in time (one attempt; a no-op for the in-process broker).
-    pub(crate) async fn reconnect(&self) -> Result<(), BrokerError> {
+    /// lapin's own recovery gets `grace` (less when the caller already waited for it).
+    pub(crate) async fn reconnect_within(&self, grace: Duration) -> Result<(), BrokerError> {
         match self {
-            Broker::Amqp(b) => b.reconnect().await,
+            Broker::Amqp(b) => b.reconnect_within(grace).await,
             Broker::Memory(_) => Ok(()),
         }
     }
