@@ -11,6 +11,18 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Result with [`BoxError`].
 pub(crate) type Res<T> = Result<T, BoxError>;
 
+/// An error with its chain of sources.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// The longest any single wait on the broker may take before a run is declared failed.
 pub(crate) const WAIT: Duration = Duration::from_secs(120);
 

@@ -56,6 +56,20 @@ async fn child(args: &[String]) -> Res<()> {
     workloads::child_service(side, exchange, prefix, n.parse()?).await
 }
 
+/// A run that takes longer than this is failed (and retried once).
+const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(240);
+
+async fn run_one(w: &str, side: Side, sizes: &Sizes) -> Res<workloads::Measured> {
+    match w {
+        "publish" => workloads::publish(side, sizes).await,
+        "e2e" => workloads::e2e(side, sizes).await,
+        "paced" => workloads::paced(side, sizes).await,
+        "rpc" => workloads::rpc(side, sizes).await,
+        "fanout" => workloads::fanout(side, sizes).await,
+        _ => workloads::memory(side, sizes).await,
+    }
+}
+
 async fn harness(mut sizes: Sizes, args: &[String], full: bool) -> Res<()> {
     let mut out: Option<PathBuf> = None;
     let mut only: Vec<String> = WORKLOADS.iter().map(|s| (*s).to_owned()).collect();
@@ -90,20 +104,36 @@ async fn harness(mut sizes: Sizes, args: &[String], full: bool) -> Res<()> {
     println!("broker: {}", tchu::config::redact(&common::broker_url()));
     let sides = [Side::Raw, Side::Celery, Side::Native];
     let mut samples = Samples::new();
+    let mut failures: Vec<String> = Vec::new();
     let started = Instant::now();
     for w in WORKLOADS.iter().filter(|w| only.iter().any(|o| o == *w)) {
         for rep in 0..sizes.reps {
             for side in sides {
                 let t = Instant::now();
-                let r = match *w {
-                    "publish" => workloads::publish(side, &sizes).await,
-                    "e2e" => workloads::e2e(side, &sizes).await,
-                    "paced" => workloads::paced(side, &sizes).await,
-                    "rpc" => workloads::rpc(side, &sizes).await,
-                    "fanout" => workloads::fanout(side, &sizes).await,
-                    _ => workloads::memory(side, &sizes).await,
+                let mut attempt = 0;
+                let m = loop {
+                    attempt += 1;
+                    let r = match tokio::time::timeout(RUN_LIMIT, run_one(w, side, &sizes)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(format!("no result within {RUN_LIMIT:?}").into()),
+                    };
+                    match r {
+                        Ok(m) => break m,
+                        Err(e) => {
+                            let msg = format!(
+                                "{w} ({}, run {}, attempt {attempt}): {}",
+                                side.label(),
+                                rep + 1,
+                                common::chain(&*e)
+                            );
+                            println!("FAILED {msg}");
+                            failures.push(msg.clone());
+                            if attempt >= 2 {
+                                return Err(msg.into());
+                            }
+                        }
+                    }
                 };
-                let m = r.map_err(|e| format!("{w} ({}, run {}): {e}", side.label(), rep + 1))?;
                 let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v:.3}")).collect();
                 println!(
                     "{w:8} run {} {:12} {:5.1}s  {}",
@@ -133,6 +163,12 @@ async fn harness(mut sizes: Sizes, args: &[String], full: bool) -> Res<()> {
         md.push_str(&format!("{k:14} {:12} {}\n", side.label(), vs.join(" ")));
     }
     md.push_str("```\n");
+    if !failures.is_empty() {
+        md.push_str("\nFailed attempts (each retried once):\n\n");
+        for f in &failures {
+            md.push_str(&format!("- {f}\n"));
+        }
+    }
     std::fs::write(out.join("results.md"), md)?;
     let svg = out.join("results.svg");
     report::plot(&samples, &svg)?;

@@ -32,8 +32,8 @@ pub(crate) struct Sizes {
 impl Sizes {
     pub(crate) const FULL: Sizes = Sizes {
         reps: 3,
-        publish_seq: 10_000,
-        publish_conc: 50_000,
+        publish_seq: 2_000,
+        publish_conc: 20_000,
         e2e: 100_000,
         paced_rate: 1_000,
         paced_ms: 10_000,

@@ -207,7 +207,7 @@ impl Dispatcher {
         }
         telemetry::received(&message.routing_key);
 
-        let decoded = match wire::decode(&message, self.max_body) {
+        let mut decoded = match wire::decode(&message, self.max_body) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(routing_key = %message.routing_key, reason = %e, "undecodable message dead-lettered");
@@ -296,7 +296,8 @@ impl Dispatcher {
             .timestamp
             .map(|t| UNIX_EPOCH + Duration::from_secs(t));
         let delivery = Arc::new(Delivery {
-            event: decoded.event.clone(),
+            // Moved, not cloned: only the topic and format of `decoded` are used below.
+            event: std::mem::take(&mut decoded.event),
             meta: Meta {
                 message_id: decoded.message_id.clone(),
                 topic: decoded.topic.clone(),

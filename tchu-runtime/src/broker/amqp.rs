@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery as LapinDelivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
@@ -412,7 +412,10 @@ impl AmqpBroker {
             let got = ch
                 .basic_get(queue.into(), BasicGetOptions { no_ack: true })
                 .await?;
-            Ok(got.map(|g| from_lapin_delivery(&g.delivery)))
+            Ok(got.map(|mut g| {
+                let body = std::mem::take(&mut g.delivery.data);
+                from_lapin_delivery(&g.delivery, body)
+            }))
         })
         .await
     }
@@ -521,8 +524,11 @@ impl AmqpConsumer {
     pub(crate) async fn next(&mut self) -> Option<Result<InboundDelivery, BrokerError>> {
         let d = self.consumer.next().await?;
         Some(match d {
-            Ok(d) => Ok(InboundDelivery {
-                message: from_lapin_delivery(&d),
+            Ok(mut d) => Ok(InboundDelivery {
+                message: {
+                    let body = std::mem::take(&mut d.data);
+                    from_lapin_delivery(&d, body)
+                },
                 redelivered: d.redelivered,
                 acker: crate::broker::Acker::Amqp(AmqpAcker(d.acker)),
             }),
@@ -541,12 +547,14 @@ impl AmqpConsumer {
 pub(crate) struct AmqpAcker(lapin::Acker);
 
 impl AmqpAcker {
+    /// Queues the ack without waiting for the I/O thread to write it: lapin hands the frame
+    /// to its I/O loop on the first poll, and waiting for the write costs a cross-thread
+    /// wake-up per delivery. A lost ack (connection gone) means a redelivery, as before.
     pub(crate) async fn ack(&self) -> Result<(), BrokerError> {
-        self.0
-            .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(err("ack failed"))
+        match self.0.ack(BasicAckOptions::default()).now_or_never() {
+            Some(r) => r.map(|_| ()).map_err(err("ack failed")),
+            None => Ok(()),
+        }
     }
 
     pub(crate) async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
@@ -579,8 +587,9 @@ async fn subscribe_replies(publish: &Channel, tx: ReplySender) -> Result<(), Bro
     tokio::spawn(async move {
         while let Some(d) = consumer.next().await {
             match d {
-                Ok(d) => {
-                    if tx.send(from_lapin_delivery(&d)).is_err() {
+                Ok(mut d) => {
+                    let body = std::mem::take(&mut d.data);
+                    if tx.send(from_lapin_delivery(&d, body)).is_err() {
                         break;
                     }
                 }
@@ -675,7 +684,7 @@ async fn open(url: &str, name: &str) -> Result<Inner, BrokerError> {
     })
 }
 
-fn from_lapin_delivery(d: &LapinDelivery) -> Message {
+fn from_lapin_delivery(d: &LapinDelivery, body: Vec<u8>) -> Message {
     let p = &d.properties;
     Message {
         routing_key: d.routing_key.as_str().to_owned(),
@@ -695,7 +704,7 @@ fn from_lapin_delivery(d: &LapinDelivery) -> Message {
             timestamp: *p.timestamp(),
             priority: *p.priority(),
         },
-        body: d.data.clone(),
+        body,
     }
 }
 
