@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::ack::Settler;
 use crate::broker::{Broker, Consumer, QueueType};
 use crate::client::Client;
 use crate::config::Config;
@@ -573,6 +574,8 @@ async fn consume_loop(
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut inflight = JoinSet::new();
     let broker = dispatcher.client.broker().clone();
+    let batched = !matches!(broker, Broker::Memory(_));
+    let (mut settler, mut settler_task) = Settler::start(batched);
     // lapin's recovery may never complete: a connection down for longer than this is replaced.
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     let mut down_since: Option<tokio::time::Instant> = None;
@@ -608,8 +611,11 @@ async fn consume_loop(
         match next {
             Some(Ok(d)) => {
                 let disp = Arc::clone(&dispatcher);
+                let seq = settler.next_seq();
+                let settle = settler.handle();
                 inflight.spawn(async move {
-                    disp.handle(d).await;
+                    let (how, acker) = disp.handle(d).await;
+                    settle.settle(seq, how, acker);
                     drop(permit);
                 });
             }
@@ -631,6 +637,10 @@ async fn consume_loop(
                     break;
                 };
                 consuming.store(true, Ordering::Relaxed);
+                // Deliveries of the old consumer settle (or not) on its own channel.
+                let (fresh_settler, fresh_task) = Settler::start(batched);
+                drop(std::mem::replace(&mut settler, fresh_settler));
+                drop(std::mem::replace(&mut settler_task, fresh_task));
                 let old = std::mem::replace(&mut consumer, fresh);
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
@@ -648,6 +658,9 @@ async fn consume_loop(
         );
         inflight.abort_all();
     }
+    // Let the settler send the last acks before the channel closes.
+    drop(settler);
+    let _ = tokio::time::timeout(Duration::from_secs(5), settler_task).await;
     // Bounded: closing a channel of a connection that is down may never complete.
     let _ = tokio::time::timeout(Duration::from_secs(5), consumer.close()).await;
 }

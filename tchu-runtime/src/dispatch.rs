@@ -15,6 +15,7 @@ use futures_util::future::join_all;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
+use crate::ack::Settle;
 use crate::broker::{Acker, Broker, Confirm, InboundDelivery, QueueSpec, QueueType};
 use crate::client::Client;
 use crate::error::BrokerError;
@@ -109,12 +110,6 @@ pub(crate) struct Dispatcher {
     pub(crate) retry_queues: Mutex<HashSet<u64>>,
 }
 
-/// What to do with a delivery once processed.
-enum Settle {
-    Ack,
-    Requeue,
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -139,7 +134,7 @@ impl Dispatcher {
 
     /// Processes and settles one delivery. Never panics; a settle failure is logged (the
     /// broker redelivers an unsettled message).
-    pub(crate) async fn handle(&self, d: InboundDelivery) {
+    pub(crate) async fn handle(&self, d: InboundDelivery) -> (Settle, Acker) {
         let span = tracing::info_span!(
             "tchu.delivery",
             topic = Empty,
@@ -151,10 +146,10 @@ impl Dispatcher {
             span_id = Empty,
             parent_span_id = Empty,
         );
-        self.handle_in_span(d).instrument(span).await;
+        self.handle_in_span(d).instrument(span).await
     }
 
-    async fn handle_in_span(&self, d: InboundDelivery) {
+    async fn handle_in_span(&self, d: InboundDelivery) -> (Settle, Acker) {
         bump(&self.stats.received);
         let InboundDelivery {
             message,
@@ -168,7 +163,7 @@ impl Dispatcher {
                 Settle::Requeue
             }
         };
-        settle_with(&acker, settle).await;
+        (settle, acker)
     }
 
     async fn process(
@@ -602,22 +597,3 @@ fn headers_kind_is_rpc(m: &Message) -> bool {
         .and_then(HeaderValue::as_str)
         == Some("rpc")
 }
-
-async fn settle_with(acker: &Acker, settle: Settle) {
-    // Bounded: an ack on the channel of a connection that was lost may never resolve, and the
-    // delivery holds a concurrency permit until it does. The broker redelivers it anyway.
-    let r = tokio::time::timeout(SETTLE_TIMEOUT, async {
-        match settle {
-            Settle::Ack => acker.ack().await,
-            Settle::Requeue => acker.nack(true).await,
-        }
-    })
-    .await
-    .unwrap_or_else(|_| Err(BrokerError::new("no answer to the ack")));
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "settling a delivery failed; the broker will redeliver it");
-    }
-}
-
-/// The longest a delivery's ack or nack may take.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);

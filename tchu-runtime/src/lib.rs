@@ -2,6 +2,7 @@
 //! RPC. Users depend on the `tchu` facade, which re-exports what they need from here.
 #![cfg_attr(not(test), warn(clippy::print_stdout))]
 
+mod ack;
 mod app;
 pub mod broker;
 mod client;

@@ -557,6 +557,18 @@ impl AmqpAcker {
         }
     }
 
+    /// Acks and waits for the frame to be written. lapin runs each ack as its own task, so
+    /// acks that are not awaited may reach the broker out of order: harmless for single acks
+    /// of distinct deliveries, fatal for a `multiple` ack overtaken by a single one (the broker
+    /// closes the channel: "unknown delivery tag").
+    pub(crate) async fn ack_in_order(&self, multiple: bool) -> Result<(), BrokerError> {
+        self.0
+            .ack(BasicAckOptions { multiple })
+            .await
+            .map(|_| ())
+            .map_err(err("ack failed"))
+    }
+
     pub(crate) async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
         self.0
             .nack(BasicNackOptions {
