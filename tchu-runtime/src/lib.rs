@@ -4,6 +4,7 @@
 
 mod app;
 pub mod broker;
+mod catalog;
 mod client;
 mod config;
 mod dead_letter;
@@ -23,6 +24,7 @@ pub mod wire;
 pub use app::{App, Running, run};
 pub use broker::QueueType;
 pub use broker::memory::MemoryBroker;
+pub use catalog::{Catalog, EventEntry, SubscriptionEntry, catalog};
 pub use client::{
     Client, MessageId, call, call_event, default_client, publish, publish_event, set_default,
 };
@@ -38,12 +40,18 @@ pub use handler::{
     Delivery, Failure, FromDelivery, HandlerError, IntoOutcome, Meta, Outcome, Rejection,
     RejectionKind, State, extract_event, extracted,
 };
-pub use registry::{BoxFuture, HandlerEntry, HandlerFn, Registry, Subscription};
+pub use registry::{
+    BoxFuture, EventInfo, HandlerEntry, HandlerFn, OptionalSchemaFn, ProbeJsonSchema,
+    ProbeNoSchema, Registry, SchemaFn, SchemaProbe, Subscription, object_schema, schema_of,
+};
 pub use retry::{Backoff, RetryPolicy};
 pub use topic::{Pattern, Topic, TopicError, TopicTrie, check_pattern, check_topic};
 
 #[doc(hidden)]
 pub use inventory;
+/// The `schemars` crate, for `#[derive(tchu::JsonSchema)]` on types nested in events (add
+/// `#[schemars(crate = "tchu::schemars")]`).
+pub use schemars;
 #[doc(hidden)]
 pub use serde;
 #[doc(hidden)]
