@@ -16,6 +16,7 @@ pub mod message;
 mod registry;
 mod retry;
 mod rpc;
+mod tail;
 pub mod testing;
 pub mod topic;
 mod topology;
@@ -45,6 +46,7 @@ pub use registry::{
     ProbeNoSchema, Registry, SchemaFn, SchemaProbe, Subscription, object_schema, schema_of,
 };
 pub use retry::{Backoff, RetryPolicy};
+pub use tail::TailedEvent;
 pub use topic::{Pattern, Topic, TopicError, TopicTrie, check_pattern, check_topic};
 
 #[doc(hidden)]

@@ -9,11 +9,17 @@ pub use tchu_runtime::{
     Pattern, PublishError, QueueType, Rejection, RejectionKind, RetryPolicy, RpcError, Running,
     State, StatsSnapshot, Topic, TopicError, call, default_client, publish, run, set_default,
 };
-pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, catalog};
+pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
 
 pub use tchu_runtime::headers;
+pub use tchu_runtime::message;
 pub use tchu_runtime::testing;
 pub use tchu_runtime::wire::WireFormat;
+
+/// Wire formats: decoding any received message (as `tchu tail` shows them).
+pub mod wire {
+    pub use tchu_runtime::wire::{DecodeError, Decoded, Kind, WireFormat, decode};
+}
 
 /// Settings defaults and helpers.
 pub mod config {
