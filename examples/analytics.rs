@@ -20,9 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--catalog" => serde_json::to_value(&catalog)?,
             "--asyncapi" => catalog.asyncapi("analytics"),
             other => {
-                return Err(
-                    format!("unknown flag `{other}`; expected `--catalog` or `--asyncapi`").into(),
-                );
+                return Err(format!(
+                    "unknown flag `{other}`; expected `--catalog` or `--asyncapi`"
+                )
+                .into());
             }
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
