@@ -5,9 +5,9 @@ use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tchu::message::{HeaderValue, Message};
 use tchu::wire::{Decoded, Kind};
 use tchu::{CallError, DeadLetter, TailedEvent, WireFormat};
+use tchu_runtime::message::{HeaderValue, Message};
 
 use crate::BoxError;
 

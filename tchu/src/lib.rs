@@ -12,7 +12,6 @@ pub use tchu_runtime::{
 pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
 
 pub use tchu_runtime::headers;
-pub use tchu_runtime::message;
 pub use tchu_runtime::testing;
 pub use tchu_runtime::wire::WireFormat;
 
