@@ -50,6 +50,11 @@ pub struct OrderReply {
     pub lines: Vec<Line>,
 }
 
+/// A request with a generic reply type.
+#[tchu::event(topic = "catalog_test.order.list", response = Vec<OrderReply>)]
+#[derive(Debug)]
+pub struct ListOrders {}
+
 /// A request whose reply type has no schema: only its name is recorded.
 #[tchu::event(topic = "catalog_test.order.count", response = CountReply)]
 #[derive(Debug)]
@@ -128,6 +133,12 @@ fn catalog_lists_events_and_subscriptions() {
     assert_eq!(
         get.response_schema,
         Some(serde_json::json!({ "$ref": "#/components/schemas/OrderReply" }))
+    );
+    let list = c.event("ListOrders").expect("ListOrders listed");
+    assert_eq!(list.response_type_name.as_deref(), Some("Vec<OrderReply>"));
+    assert_eq!(
+        list.response_schema.as_ref().map(|s| &s["items"]["$ref"]),
+        Some(&serde_json::json!("#/components/schemas/OrderReply"))
     );
     let count = c.event("CountOrders").expect("CountOrders listed");
     assert_eq!(count.response_type_name.as_deref(), Some("CountReply"));
@@ -231,9 +242,9 @@ fn asyncapi_document() {
         "#/components/schemas/OrderPlaced"
     );
 
-    // The wildcard subscription receives the three order events.
+    // The wildcard subscription receives the four order events.
     let audit = &ops["receive.catalog_test_audit"];
-    assert_eq!(audit["messages"].as_array().unwrap().len(), 3);
+    assert_eq!(audit["messages"].as_array().unwrap().len(), 4);
     // The RPC handler declares its reply.
     let get = &ops["receive.catalog__get_order"];
     let reply = resolve(&doc, get["reply"]["channel"]["$ref"].as_str().unwrap());

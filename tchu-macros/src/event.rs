@@ -245,7 +245,9 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     };
     let ident_str = ident.to_string();
     let with_response = args.response.as_ref().map(|resp| {
-        let resp_str = resp.to_token_stream().to_string();
+        // `Vec < Reply >` as `Vec<Reply>`: response types are owned, so there are no
+        // `dyn`/`impl` words to keep apart.
+        let resp_str = resp.to_token_stream().to_string().replace(' ', "");
         quote! {
             .with_response(#resp_str, {
                 fn __tchu_response_schema(
