@@ -2,6 +2,8 @@
 //!
 //! ```sh
 //! cargo run --example notifications
+//! cargo run --example notifications -- --catalog    # its events and subscriptions as JSON, then exit
+//! cargo run --example notifications -- --asyncapi   # its AsyncAPI 3.0 document, then exit
 //! ```
 //! The service (and queue) name defaults to the executable's name, `notifications`.
 
@@ -20,7 +22,23 @@ async fn send_welcome(event: UserCreated, meta: tchu::Meta) -> Result<(), std::i
 }
 
 #[tokio::main]
-async fn main() -> Result<(), tchu::Error> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `--catalog` / `--asyncapi`: describe the service from its linked items, and exit.
+    if let Some(flag) = std::env::args().nth(1) {
+        let catalog = tchu::catalog();
+        let doc = match flag.as_str() {
+            "--catalog" => serde_json::to_value(&catalog)?,
+            "--asyncapi" => catalog.asyncapi("notifications"),
+            other => {
+                return Err(format!(
+                    "unknown flag `{other}`; expected `--catalog` or `--asyncapi`"
+                )
+                .into());
+            }
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     tracing_subscriber::fmt().with_env_filter("info").init();
-    tchu::run().await
+    Ok(tchu::run().await?)
 }

@@ -11,10 +11,17 @@ use tchu::{
 };
 
 #[derive(
-    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, tchu::validator::Validate,
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    tchu::validator::Validate,
+    tchu::JsonSchema,
 )]
 #[validate(crate = "tchu::validator")]
-/// A nested, validated type.
+#[schemars(crate = "tchu::schemars")]
+/// A nested, validated type (with a schema, for the catalog).
 pub struct Address {
     /// At least 2 characters.
     #[validate(length(min = 2))]

@@ -7,11 +7,13 @@ use syn::{Fields, Item, ItemStruct, LitStr};
 
 use crate::args::{Arg, CratePath, Errors, Seen, lit_str, parse_value, split_args, unknown};
 
-const KEYS: &[&str] = &["topic", "response", "crate"];
+const KEYS: &[&str] = &["topic", "response", "schema", "crate"];
 
 struct EventArgs {
     topic: Option<LitStr>,
     response: Option<syn::Type>,
+    /// `schema = false`: no `JsonSchema` derive (the catalog shows any object).
+    schema: bool,
     krate: CratePath,
 }
 
@@ -19,6 +21,7 @@ fn parse_args(attr: TokenStream, errors: &mut Errors) -> EventArgs {
     let mut args = EventArgs {
         topic: None,
         response: None,
+        schema: true,
         krate: CratePath::default(),
     };
     let list = match split_args(attr.clone()) {
@@ -47,6 +50,10 @@ fn parse_args(attr: TokenStream, errors: &mut Errors) -> EventArgs {
                     },
                     "response" => match parse_value::<syn::Type>(&key, value) {
                         Ok(ty) => args.response = Some(ty),
+                        Err(e) => errors.push(e),
+                    },
+                    "schema" => match parse_value::<syn::LitBool>(&key, value) {
+                        Ok(b) => args.schema = b.value,
                         Err(e) => errors.push(e),
                     },
                     _ => match lit_str(&key, value).and_then(|l| CratePath::parse(&l)) {
@@ -140,7 +147,10 @@ fn check_item(item: &Item, errors: &mut Errors) -> Option<ItemStruct> {
         let _ = attr.parse_nested_meta(|meta| {
             if let Some(last) = meta.path.segments.last() {
                 let name = last.ident.to_string();
-                if matches!(name.as_str(), "Serialize" | "Deserialize" | "Validate") {
+                if matches!(
+                    name.as_str(),
+                    "Serialize" | "Deserialize" | "Validate" | "JsonSchema"
+                ) {
                     errors.error(
                         &meta.path,
                         format_args!("`#[tchu::event]` already derives `{name}`; remove it"),
@@ -167,6 +177,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let p = args.krate.private();
     let serde_path = args.krate.private_str("serde");
     let validator_path = args.krate.private_str("validator");
+    let schemars_path = args.krate.private_str("schemars");
     let ident = &s.ident;
     let vis = &s.vis;
     let response = match &args.response {
@@ -221,11 +232,58 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         }
     });
 
+    let (schema_derive, schema_fn) = if args.schema {
+        (
+            quote! {
+                #[derive(#p::schemars::JsonSchema)]
+                #[schemars(crate = #schemars_path)]
+            },
+            quote!(#p::schema_of::<#ident>),
+        )
+    } else {
+        (quote!(), quote!(#p::object_schema))
+    };
+    let ident_str = ident.to_string();
+    let with_response = args.response.as_ref().map(|resp| {
+        // `Vec < Reply >` as `Vec<Reply>`: response types are owned, so there are no
+        // `dyn`/`impl` words to keep apart.
+        let resp_str = resp.to_token_stream().to_string().replace(' ', "");
+        quote! {
+            .with_response(#resp_str, {
+                fn __tchu_response_schema(
+                    generator: &mut #p::schemars::SchemaGenerator,
+                ) -> #p::Option<#p::schemars::Schema> {
+                    #[allow(unused_imports, reason = "one of the two probes applies")]
+                    use #p::{ProbeJsonSchema as _, ProbeNoSchema as _};
+                    (&&#p::SchemaProbe::<#resp>::new()).response_schema(generator)
+                }
+                __tchu_response_schema
+            })
+        }
+    });
+    let registration = quote! {
+        const _: () = {
+            #p::inventory::submit! {
+                #p::EventInfo::new(
+                    #topic,
+                    ::core::concat!(::core::module_path!(), "::", #ident_str),
+                    #schema_fn,
+                )
+                #with_response
+            }
+        };
+    };
+
     Ok(quote! {
         #[derive(#p::serde::Serialize, #p::serde::Deserialize, #p::validator::Validate)]
+        #schema_derive
         #[serde(crate = #serde_path)]
         #[validate(crate = #validator_path)]
         #s
+
+        #topic_check
+
+        #registration
 
         #topic_check
 

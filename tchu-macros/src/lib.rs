@@ -63,7 +63,20 @@ fn expand(
 ///   255 bytes.
 /// - `response = Type`: makes the event an RPC request answered with `Type` and adds the
 ///   `call*` methods. Without it the response type is `()`.
+/// - `schema = false`: do not derive `JsonSchema` (for payloads with field types that have no
+///   schema); the catalog then describes the payload as any JSON object.
 /// - `crate = "path"`: where `tchu` is, when it is re-exported (default `::tchu`).
+///
+/// # Schemas and the catalog
+/// The macro also derives `tchu::JsonSchema` (schemars) and registers the type at link time,
+/// so `tchu::catalog()` lists it with its payload's JSON Schema (validation attributes such as
+/// `email`, `length` and `range` become schema keywords, doc comments become descriptions).
+/// Types nested in an event therefore need a schema too:
+/// `#[derive(tchu::JsonSchema)]` with `#[schemars(crate = "tchu::schemars")]` (or
+/// `schemars::JsonSchema` from your own `schemars = "1"` dependency, whose features cover
+/// `uuid`, `chrono`, ...); a field whose type has none can take
+/// `#[schemars(with = "String")]`, or opt the whole event out with `schema = false`. The
+/// `response = ...` type is not required to have a schema: it is recorded when it has one.
 ///
 /// Field attributes of [`validator`](https://docs.rs/validator) (`#[validate(email)]`,
 /// `#[validate(length(..))]`, `#[validate(range(..))]`, `#[validate(nested)]`, ...) and of serde
@@ -77,6 +90,13 @@ fn expand(
 ///
 /// // the compile-time topic check, with the runtime's own `const fn`:
 /// const _: () = if let Err(e) = tchu::__private::check_topic("user.get") { panic!("{}", e.message()) };
+///
+/// // the catalog entry (plus `#[derive(schemars::JsonSchema)]` on the struct):
+/// inventory::submit! {
+///     tchu::__private::EventInfo::new("user.get", concat!(module_path!(), "::GetUser"),
+///                                     tchu::__private::schema_of::<GetUser>)
+///         .with_response("UserReply", /* its schema when it implements `JsonSchema` */)
+/// }
 ///
 /// impl tchu::Event for GetUser {
 ///     const TOPIC: &'static str = "user.get";

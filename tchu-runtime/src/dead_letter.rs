@@ -1,4 +1,4 @@
-//! Listing and replaying a service's dead letters (`<service>.dlq`).
+//! Listing, replaying and purging a service's dead letters (`<service>.dlq`).
 
 use crate::client::Client;
 use crate::dispatch::{
@@ -127,6 +127,14 @@ impl Client {
             }
         }
         Ok(n)
+    }
+
+    /// Deletes every dead letter of `service`; returns how many there were.
+    ///
+    /// # Errors
+    /// The dead-letter queue does not exist, or a broker failure.
+    pub async fn purge_dead_letters(&self, service: &str) -> Result<u32, BrokerError> {
+        self.broker().purge_queue(&dlq_name(service)).await
     }
 
     /// Number of ready messages in a queue.

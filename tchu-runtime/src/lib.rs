@@ -5,6 +5,7 @@
 mod ack;
 mod app;
 pub mod broker;
+mod catalog;
 mod client;
 mod config;
 mod context;
@@ -19,6 +20,7 @@ pub mod message;
 mod registry;
 mod retry;
 mod rpc;
+mod tail;
 pub mod telemetry;
 pub mod testing;
 pub mod topic;
@@ -29,6 +31,7 @@ pub mod wire;
 pub use app::{App, Health, HealthCheck, Running, run};
 pub use broker::QueueType;
 pub use broker::memory::MemoryBroker;
+pub use catalog::{Catalog, EventEntry, SubscriptionEntry, catalog};
 pub use client::{
     Client, MessageId, call, call_event, default_client, publish, publish_event, set_default,
 };
@@ -45,12 +48,19 @@ pub use handler::{
     Delivery, Failure, FromDelivery, HandlerError, IntoOutcome, Meta, Outcome, Rejection,
     RejectionKind, State, extract_event, extracted,
 };
-pub use registry::{BoxFuture, HandlerEntry, HandlerFn, Registry, Subscription};
+pub use registry::{
+    BoxFuture, EventInfo, HandlerEntry, HandlerFn, OptionalSchemaFn, ProbeJsonSchema,
+    ProbeNoSchema, Registry, SchemaFn, SchemaProbe, Subscription, object_schema, schema_of,
+};
 pub use retry::{Backoff, RetryPolicy};
+pub use tail::TailedEvent;
 pub use topic::{Pattern, Topic, TopicError, TopicTrie, check_pattern, check_topic};
 
 #[doc(hidden)]
 pub use inventory;
+/// The `schemars` crate, for `#[derive(tchu::JsonSchema)]` on types nested in events (add
+/// `#[schemars(crate = "tchu::schemars")]`).
+pub use schemars;
 #[doc(hidden)]
 pub use serde;
 #[doc(hidden)]

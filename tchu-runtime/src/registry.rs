@@ -1,8 +1,11 @@
-//! The link-time registry: `#[tchu::subscribe]` submits a [`Subscription`] with `inventory`,
-//! and [`Registry::collect`] reads them once into a validated, sorted snapshot.
+//! The link-time registry: `#[tchu::subscribe]` submits a [`Subscription`] and
+//! `#[tchu::event]` an [`EventInfo`] with `inventory`; [`Registry::static_subscriptions`] reads
+//! the subscriptions once into a validated, sorted snapshot, and [`crate::catalog`] reads both
+//! for documentation (AsyncAPI).
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -56,6 +59,122 @@ impl Subscription {
 }
 
 inventory::collect!(Subscription);
+
+/// Writes the JSON Schema of a type into a shared generator and returns it (a `$ref` into the
+/// generator's definitions for named types, so nested types are shared between events).
+pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+/// Like [`SchemaFn`], for a type that may have no schema: `None` when it does not implement
+/// `JsonSchema` (RPC response types are not required to).
+pub type OptionalSchemaFn = fn(&mut schemars::SchemaGenerator) -> Option<schemars::Schema>;
+
+/// One event type registered at link time by `#[tchu::event]`, for the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct EventInfo {
+    /// The topic it is published with.
+    pub topic: &'static str,
+    /// The Rust type, with its module path (`my_service::events::UserCreated`).
+    pub type_name: &'static str,
+    /// The RPC response type as written in `response = ...`; `None` for broadcast events.
+    pub response_type_name: Option<&'static str>,
+    /// The payload's JSON Schema.
+    pub schema: SchemaFn,
+    /// The response's JSON Schema, when the event is an RPC request.
+    pub response_schema: Option<OptionalSchemaFn>,
+}
+
+impl EventInfo {
+    /// Used by the macro; `const` so `inventory::submit!` accepts it.
+    pub const fn new(topic: &'static str, type_name: &'static str, schema: SchemaFn) -> Self {
+        EventInfo {
+            topic,
+            type_name,
+            response_type_name: None,
+            schema,
+            response_schema: None,
+        }
+    }
+
+    /// Marks the event as an RPC request answered with `type_name` (used by the macro).
+    pub const fn with_response(
+        mut self,
+        type_name: &'static str,
+        schema: OptionalSchemaFn,
+    ) -> Self {
+        self.response_type_name = Some(type_name);
+        self.response_schema = Some(schema);
+        self
+    }
+}
+
+inventory::collect!(EventInfo);
+
+/// The [`SchemaFn`] of a type that implements `JsonSchema`.
+pub fn schema_of<T: schemars::JsonSchema + ?Sized>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
+    generator.subschema_for::<T>()
+}
+
+/// The [`SchemaFn`] of an event declared with `schema = false`: any JSON object.
+pub fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object" })
+}
+
+/// Autoref specialization for the optional response schema: `(&&SchemaProbe::<T>::new())
+/// .response_schema(g)` is `Some` when `T: JsonSchema` ([`ProbeJsonSchema`]) and `None`
+/// otherwise ([`ProbeNoSchema`]). Works in the macro's output, where `T` is concrete.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SchemaProbe<T: ?Sized>(PhantomData<T>);
+
+impl<T: ?Sized> SchemaProbe<T> {
+    /// A probe for `T`.
+    pub const fn new() -> Self {
+        SchemaProbe(PhantomData)
+    }
+}
+
+impl<T: ?Sized> Default for SchemaProbe<T> {
+    fn default() -> Self {
+        SchemaProbe::new()
+    }
+}
+
+/// The specialized half of [`SchemaProbe`]: the type has a schema.
+#[doc(hidden)]
+pub trait ProbeJsonSchema {
+    /// The schema.
+    fn response_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<schemars::Schema>;
+}
+
+impl<T: schemars::JsonSchema + ?Sized> ProbeJsonSchema for &SchemaProbe<T> {
+    fn response_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<T>())
+    }
+}
+
+/// The fallback half of [`SchemaProbe`]: no schema.
+#[doc(hidden)]
+pub trait ProbeNoSchema {
+    /// `None`.
+    fn response_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<schemars::Schema>;
+}
+
+impl<T: ?Sized> ProbeNoSchema for SchemaProbe<T> {
+    fn response_schema(&self, _: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        None
+    }
+}
 
 /// A handler as the dispatcher holds it: static or added at run time.
 #[derive(Clone)]

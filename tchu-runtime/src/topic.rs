@@ -152,6 +152,14 @@ string_newtype!(
     "subscription pattern (an AMQP binding key)"
 );
 
+impl Pattern {
+    /// Whether `topic` matches, by the AMQP rules (`*` one word, `#` zero or more). For many
+    /// patterns, use a [`TopicTrie`].
+    pub fn matches(&self, topic: &str) -> bool {
+        pattern_matches(&self.0, topic)
+    }
+}
+
 /// A trie of patterns for AMQP topic matching. The cost of a lookup grows with the number of
 /// words in the key (and the wildcards on the way), not with the number of patterns.
 #[derive(Debug, Clone)]

@@ -10,12 +10,18 @@ pub use tchu_runtime::{
     RetryPolicy, RpcError, Running, State, StatsSnapshot, Topic, TopicError, call, default_client,
     publish, run, set_default,
 };
+pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
 
 pub use tchu_runtime::headers;
 pub use tchu_runtime::telemetry;
 pub use tchu_runtime::testing;
 pub use tchu_runtime::trace;
 pub use tchu_runtime::wire::WireFormat;
+
+/// Wire formats: decoding any received message (as `tchu tail` shows them).
+pub mod wire {
+    pub use tchu_runtime::wire::{DecodeError, Decoded, Kind, WireFormat, decode};
+}
 
 /// Settings defaults and helpers.
 pub mod config {
@@ -29,6 +35,14 @@ pub mod config {
 /// (add `#[validate(crate = "tchu::validator")]`).
 pub use tchu_runtime::validator;
 
+/// The `schemars` crate. `#[tchu::event]` derives `JsonSchema` for the catalog and AsyncAPI
+/// (see [`catalog`]); types nested in an event derive it too, with
+/// `#[derive(tchu::JsonSchema)]` and `#[schemars(crate = "tchu::schemars")]`.
+pub use tchu_runtime::schemars;
+
+/// The `JsonSchema` trait and derive of [`schemars`], for types nested in events.
+pub use tchu_runtime::schemars::JsonSchema;
+
 /// What generated code refers to. Not public API.
 #[doc(hidden)]
 pub mod __private {
@@ -41,6 +55,9 @@ pub mod __private {
         extract_event, extracted, inventory, publish_event, serde, serde_json, validator,
     };
     pub use tchu_runtime::{CallError, Client, PublishError};
+    pub use tchu_runtime::{
+        EventInfo, ProbeJsonSchema, ProbeNoSchema, SchemaProbe, object_schema, schema_of, schemars,
+    };
     /// For tests of the link-time registry.
     pub use tchu_runtime::{Outcome, Registry, TopicTrie};
 

@@ -24,7 +24,7 @@ use lapin::message::Delivery as LapinDelivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
     BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{
@@ -275,6 +275,8 @@ impl AmqpBroker {
                     ShortString::from(spec.name.as_str()),
                     QueueDeclareOptions {
                         durable: spec.durable,
+                        exclusive: spec.exclusive,
+                        auto_delete: spec.auto_delete,
                         ..Default::default()
                     },
                     args,
@@ -480,6 +482,14 @@ impl AmqpBroker {
                 Ok(q.message_count())
             },
         )
+        .await
+    }
+
+    pub(crate) async fn purge_queue(&self, queue: &str) -> Result<u32, BrokerError> {
+        self.with_channel(&format!("cannot purge queue `{queue}`"), |ch| async move {
+            ch.queue_purge(queue.into(), QueuePurgeOptions::default())
+                .await
+        })
         .await
     }
 

@@ -224,17 +224,18 @@ impl MemoryBroker {
     /// Deletes `q` with its messages and bindings; its consumers end. Deleting a queue that
     /// does not exist is not an error.
     pub(crate) fn delete_queue(&self, q: &str) -> Result<(), BrokerError> {
-        let mut st = self.lock();
-        if let Some(queue) = st.queues.remove(q) {
-            queue.notify.notify_waiters();
-            if let Some(kick) = &queue.timer {
-                kick.notify_one();
-            }
-            for exchange in st.exchanges.values_mut() {
-                exchange.bindings.retain(|(_, bound)| bound != q);
-            }
-        }
+        self.lock().remove_queue(q);
         Ok(())
+    }
+
+    /// Removes the ready messages of `q`; returns how many.
+    pub(crate) fn purge_queue(&self, q: &str) -> Result<u32, BrokerError> {
+        let mut st = self.lock();
+        let queue = st.queues.get_mut(q).ok_or_else(|| no_queue(q))?;
+        let n = queue.ready.len();
+        queue.ready.clear();
+        queue.expiring = 0;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Deletes exchange `x` with its bindings. Deleting an exchange that does not exist is not
@@ -595,11 +596,27 @@ impl State {
 
     /// Removes a consumer; its unacked messages go back to the head of the queue in their
     /// original order, marked redelivered.
+    fn remove_queue(&mut self, q: &str) {
+        if let Some(queue) = self.queues.remove(q) {
+            queue.notify.notify_waiters();
+            if let Some(kick) = &queue.timer {
+                kick.notify_one();
+            }
+            for exchange in self.exchanges.values_mut() {
+                exchange.bindings.retain(|(_, bound)| bound != q);
+            }
+        }
+    }
+
     fn cancel(&mut self, queue: &str, uid: u64, consumer: u64) {
         let Some(q) = self.queue_mut(queue, uid) else {
             return;
         };
         q.consumers.remove(&consumer);
+        if q.spec.auto_delete && q.consumers.is_empty() {
+            self.remove_queue(queue);
+            return;
+        }
         let tags: Vec<u64> = q
             .unacked
             .iter()

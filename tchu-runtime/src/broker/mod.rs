@@ -75,6 +75,10 @@ pub(crate) struct QueueSpec {
     pub(crate) dead_letter: Option<(String, String)>,
     /// Per-queue message TTL (retry wait queues).
     pub(crate) message_ttl: Option<Duration>,
+    /// Only this connection may use it, and it goes when the connection closes.
+    pub(crate) exclusive: bool,
+    /// Deleted when its last consumer stops.
+    pub(crate) auto_delete: bool,
 }
 
 impl QueueSpec {
@@ -85,6 +89,18 @@ impl QueueSpec {
             queue_type,
             dead_letter: None,
             message_ttl: None,
+            exclusive: false,
+            auto_delete: false,
+        }
+    }
+
+    /// A non-durable, exclusive, auto-delete queue (`tchu tail`).
+    pub(crate) fn temporary(name: impl Into<String>) -> Self {
+        QueueSpec {
+            durable: false,
+            exclusive: true,
+            auto_delete: true,
+            ..QueueSpec::durable(name, QueueType::Classic)
         }
     }
 }
@@ -268,6 +284,14 @@ impl Broker {
         match self {
             Broker::Amqp(b) => b.queue_len(queue).await,
             Broker::Memory(b) => b.queue_len(queue),
+        }
+    }
+
+    /// Removes every ready message of a queue; returns how many.
+    pub(crate) async fn purge_queue(&self, queue: &str) -> Result<u32, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.purge_queue(queue).await,
+            Broker::Memory(b) => b.purge_queue(queue),
         }
     }
 

@@ -15,6 +15,9 @@ mod shadow {
     pub mod serde {}
     pub mod validator {}
     pub mod inventory {}
+    pub mod schemars {}
+    pub struct JsonSchema;
+    pub struct Schema;
 }
 
 mod user {
