@@ -117,6 +117,12 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// The publish time of a message's AMQP `timestamp`; `None` when it is out of `SystemTime`'s
+/// range (any publisher can send a 64-bit timestamp, and `UNIX_EPOCH + ` one would panic).
+fn published_at(timestamp: Option<u64>) -> Option<SystemTime> {
+    timestamp.and_then(|t| UNIX_EPOCH.checked_add(Duration::from_secs(t)))
+}
+
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -286,10 +292,7 @@ impl Dispatcher {
             return Ok(Settle::Ack);
         }
 
-        let published_at = message
-            .properties
-            .timestamp
-            .map(|t| UNIX_EPOCH + Duration::from_secs(t));
+        let published_at = published_at(message.properties.timestamp);
         let delivery = Arc::new(Delivery {
             // Moved, not cloned: only the topic and format of `decoded` are used below.
             event: std::mem::take(&mut decoded.event),
@@ -596,4 +599,21 @@ fn headers_kind_is_rpc(m: &Message) -> bool {
         .get(wire::json::KIND_HEADER)
         .and_then(HeaderValue::as_str)
         == Some("rpc")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A received `timestamp` of `u64::MAX` seconds made `UNIX_EPOCH + Duration` panic in
+    /// `process` (found by reading the received-message path while writing the fuzz targets).
+    #[test]
+    fn out_of_range_timestamp_is_ignored() {
+        assert_eq!(published_at(None), None);
+        assert_eq!(
+            published_at(Some(1_700_000_000)),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(published_at(Some(u64::MAX)), None);
+    }
 }

@@ -5,7 +5,7 @@
 //! whole word. The rules are `const fn`s so the macros check literals at compile time with the
 //! same code the runtime uses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -229,9 +229,12 @@ impl<T> TopicTrie<T> {
     /// Calls `f` with every value whose pattern matches `key`. A value may be visited more than
     /// once when a pattern with several `#` matches in several ways; [`TopicTrie::matches`]
     /// removes those repeats.
+    ///
+    /// Each `#` node is expanded at most once per position in `key`, however many `#` a
+    /// pattern has, so the cost stays polynomial in the number of words.
     pub fn for_each_match<'a>(&'a self, key: &str, f: &mut impl FnMut(&'a T)) {
         let words: Vec<&str> = key.split('.').collect();
-        walk(&self.root, &words, f);
+        walk(&self.root, &words, f, &mut HashSet::new());
     }
 
     /// The distinct values whose pattern matches `key`, in insertion-independent order.
@@ -244,39 +247,58 @@ impl<T> TopicTrie<T> {
     }
 }
 
-fn walk<'a, T>(node: &'a Node<T>, words: &[&str], f: &mut impl FnMut(&'a T)) {
+/// `(# node, words left)` states already walked in one lookup.
+type Seen<T> = HashSet<(*const Node<T>, usize)>;
+
+fn walk<'a, T>(node: &'a Node<T>, words: &[&str], f: &mut impl FnMut(&'a T), seen: &mut Seen<T>) {
     if let Some(h) = &node.hash {
-        // `#` swallows zero or more words: try every split point.
+        // `#` swallows zero or more words: try every split point. Several `#` in a pattern
+        // reach the same `#` node with the same words left in many ways; walking it again
+        // finds nothing new, and every shorter suffix was walked right after it, so stop.
+        // Without this the walk is exponential in the number of `#`.
+        let ptr: *const Node<T> = &**h;
         for i in 0..=words.len() {
-            walk(h, &words[i..], f);
+            let rest = &words[i..];
+            if !seen.insert((ptr, rest.len())) {
+                break;
+            }
+            walk(h, rest, f, seen);
         }
     }
     match words.split_first() {
         None => node.values.iter().for_each(&mut *f),
         Some((first, rest)) => {
             if let Some(n) = node.words.get(*first) {
-                walk(n, rest, f);
+                walk(n, rest, f, seen);
             }
             if let Some(s) = &node.star {
-                walk(s, rest, f);
+                walk(s, rest, f, seen);
             }
         }
     }
 }
 
-/// Whether one pattern matches one key, by the AMQP rules (a direct, slow reference).
+/// Whether one pattern matches one key, by the AMQP rules (a direct reference, with no index:
+/// time proportional to pattern words times key words).
 pub fn pattern_matches(pattern: &str, key: &str) -> bool {
-    fn go(p: &[&str], k: &[&str]) -> bool {
-        match p.split_first() {
-            None => k.is_empty(),
-            Some((&"#", rest)) => (0..=k.len()).any(|i| go(rest, &k[i..])),
-            Some((&"*", rest)) => !k.is_empty() && go(rest, &k[1..]),
-            Some((w, rest)) => k.first() == Some(w) && go(rest, &k[1..]),
-        }
-    }
     let p: Vec<&str> = pattern.split('.').collect();
     let k: Vec<&str> = key.split('.').collect();
-    go(&p, &k)
+    // `next[j]`: whether the pattern words after the current one match `k[j..]`, computed from
+    // the last pattern word back (a recursive search is exponential in the number of `#`).
+    let mut next: Vec<bool> = (0..=k.len()).map(|j| j == k.len()).collect();
+    let mut cur = vec![false; k.len() + 1];
+    for w in p.iter().rev() {
+        for j in (0..=k.len()).rev() {
+            cur[j] = match *w {
+                // Zero words, or one word and `#` again.
+                "#" => next[j] || (j < k.len() && cur[j + 1]),
+                "*" => j < k.len() && next[j + 1],
+                w => j < k.len() && k[j] == w && next[j + 1],
+            };
+        }
+        std::mem::swap(&mut next, &mut cur);
+    }
+    next[0]
 }
 
 /// The foundation issue's pattern table: each key with the patterns that match it (the others
@@ -337,6 +359,35 @@ mod tests {
                 assert_eq!(pattern_matches(p, key), want.contains(&p), "{p} vs {key}");
             }
         }
+    }
+
+    /// Found by the `topic` fuzz target (a timeout): a pattern with several `#` made both the
+    /// trie walk and the reference matcher try every way of splitting the key between them,
+    /// which is exponential in the number of `#`.
+    #[test]
+    fn many_hashes_stay_polynomial() {
+        let fuzzed = "#.#.#.#.#.#.#.#.#.b.#";
+        let worst = ["#"; 100].join(".") + ".x";
+        let long_key = ["a.b"; 200].join(".");
+        for pattern in [fuzzed, worst.as_str()] {
+            let mut trie = TopicTrie::new();
+            trie.insert(&Pattern::new(pattern).unwrap(), ());
+            for key in [
+                long_key.as_str(),
+                "a.b.a.b.a.b.a.b.a.b.a.b.a.b.a.b.a.b.a.b.c",
+            ] {
+                let want = pattern_matches(pattern, key);
+                assert_eq!(!trie.matches(key).is_empty(), want, "{pattern} vs {key}");
+            }
+        }
+        assert!(pattern_matches(fuzzed, &long_key));
+        assert!(!pattern_matches(&worst, &long_key));
+        // Several `#` around a repeated word: quadratic at worst, with a long key.
+        let mut trie = TopicTrie::new();
+        trie.insert(&Pattern::new("#.a.#.a.#.a.#.c").unwrap(), ());
+        let key = ["a"; 2000].join(".");
+        assert!(trie.matches(&key).is_empty());
+        assert!(!pattern_matches("#.a.#.a.#.a.#.c", &key));
     }
 
     fn word() -> impl Strategy<Value = String> {
