@@ -7,6 +7,9 @@
 //! ```
 //! The service (and queue) name defaults to the executable's name, `notifications`.
 
+#[path = "fleet/describe.rs"]
+mod describe;
+
 #[path = "fleet/events.rs"]
 mod events;
 
@@ -23,20 +26,7 @@ async fn send_welcome(event: UserCreated, meta: tchu::Meta) -> Result<(), std::i
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // `--catalog` / `--asyncapi`: describe the service from its linked items, and exit.
-    if let Some(flag) = std::env::args().nth(1) {
-        let catalog = tchu::catalog();
-        let doc = match flag.as_str() {
-            "--catalog" => serde_json::to_value(&catalog)?,
-            "--asyncapi" => catalog.asyncapi("notifications"),
-            other => {
-                return Err(format!(
-                    "unknown flag `{other}`; expected `--catalog` or `--asyncapi`"
-                )
-                .into());
-            }
-        };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+    if describe::describe_if_asked("notifications")? {
         return Ok(());
     }
     tracing_subscriber::fmt().with_env_filter("info").init();

@@ -15,12 +15,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Names, WAIT, recv_n};
@@ -187,74 +186,6 @@ async fn retries_work_on_quorum_queues() {
 
 // --- many instances of one service ----------------------------------------------------------
 
-/// Publishes `0..total` with `tasks` concurrent publishers, each retrying until confirmed.
-/// `at` runs once when `trigger` confirms are reached. Returns the confirmed numbers.
-async fn publish_all(
-    client: &Client,
-    topic: &'static str,
-    total: u64,
-    tasks: u64,
-    trigger: u64,
-    at: impl FnOnce() + Send + 'static,
-) -> (BTreeSet<u64>, u64) {
-    let confirms = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let reached = Arc::new(tokio::sync::Notify::new());
-    let fire = {
-        let reached = Arc::clone(&reached);
-        tokio::spawn(async move {
-            reached.notified().await;
-            at();
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut set = tokio::task::JoinSet::new();
-    for t in 0..tasks {
-        let (client, confirms, errors, reached) = (
-            client.clone(),
-            Arc::clone(&confirms),
-            Arc::clone(&errors),
-            Arc::clone(&reached),
-        );
-        set.spawn(async move {
-            let mut mine = Vec::new();
-            for n in (t..total).step_by(usize::try_from(tasks).unwrap_or(1)) {
-                loop {
-                    match tokio::time::timeout(WAIT, client.publish(topic, &json!({"n": n}))).await
-                    {
-                        Ok(Ok(_)) => {
-                            mine.push(n);
-                            if confirms.fetch_add(1, Ordering::SeqCst) + 1 == trigger {
-                                reached.notify_one();
-                            }
-                            break;
-                        }
-                        _ => {
-                            errors.fetch_add(1, Ordering::SeqCst);
-                            assert!(Instant::now() < deadline, "publishing {n} never confirmed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }
-            mine
-        });
-    }
-    let mut confirmed = BTreeSet::new();
-    while let Some(r) = set.join_next().await {
-        confirmed.extend(r.expect("publisher task"));
-    }
-    if trigger <= total {
-        tokio::time::timeout(WAIT, fire)
-            .await
-            .expect("the trigger never fired")
-            .expect("trigger task");
-    } else {
-        fire.abort();
-    }
-    (confirmed, errors.load(Ordering::SeqCst))
-}
-
 fn counting_instance(
     names: &Names,
     svc: &str,
@@ -297,7 +228,7 @@ async fn drain_rate(
         .expect("declare");
     first.shutdown().await;
     let publisher = names.client().await;
-    publish_all(&publisher, "scale.event", total, 64, u64::MAX, || {}).await;
+    common::publish_load(&publisher, "scale.event", total, 64, u64::MAX, || {}).await;
     let t0 = Instant::now();
     let mut running = Vec::new();
     for _ in 0..instances {
@@ -613,7 +544,11 @@ async fn failover_scenario() {
     let stopped_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let s2 = Arc::clone(&stopped_at);
     let t0 = Instant::now();
-    let (confirmed, errors) = publish_all(&publisher, "cl.event", TOTAL, 8, 2_000, move || {
+    let common::LoadResult {
+        confirmed,
+        publish_errors: errors,
+        ..
+    } = common::publish_load(&publisher, "cl.event", TOTAL, 8, 2_000, move || {
         std::thread::spawn(move || stop_then_start(NODES[0], Duration::from_secs(10), s2));
     })
     .await;

@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Names, WAIT, recv_n};
@@ -817,85 +817,6 @@ fn close_connections(marker: &str) -> usize {
     n
 }
 
-struct LoadResult {
-    confirmed: BTreeSet<u64>,
-    publish_errors: u64,
-    gave_up: u64,
-}
-
-/// Publishes `0..total` with `tasks` publishers, each awaiting its confirm and retrying on
-/// error (until `deadline`); `at(confirms)` is called once when `trigger` confirms are reached.
-async fn publish_load(
-    client: &Client,
-    total: u64,
-    tasks: u64,
-    trigger: usize,
-    at: impl FnOnce() + Send + 'static,
-) -> LoadResult {
-    let confirms = Arc::new(AtomicUsize::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let reached = Arc::new(tokio::sync::Notify::new());
-    let fire = {
-        let reached = Arc::clone(&reached);
-        tokio::spawn(async move {
-            reached.notified().await;
-            at();
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut set = tokio::task::JoinSet::new();
-    for t in 0..tasks {
-        let client = client.clone();
-        let confirms = Arc::clone(&confirms);
-        let errors = Arc::clone(&errors);
-        let reached = Arc::clone(&reached);
-        set.spawn(async move {
-            let mut mine = Vec::new();
-            let mut gave_up = 0u64;
-            for n in (t..total).step_by(usize::try_from(tasks).unwrap_or(1)) {
-                loop {
-                    match tokio::time::timeout(WAIT, client.publish("load.event", &json!({"n": n})))
-                        .await
-                    {
-                        Ok(Ok(_)) => {
-                            mine.push(n);
-                            if confirms.fetch_add(1, Ordering::SeqCst) + 1 == trigger {
-                                reached.notify_one();
-                            }
-                            break;
-                        }
-                        Ok(Err(_)) | Err(_) => {
-                            errors.fetch_add(1, Ordering::SeqCst);
-                            if Instant::now() > deadline {
-                                gave_up += 1;
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }
-            (mine, gave_up)
-        });
-    }
-    let mut confirmed = BTreeSet::new();
-    let mut gave_up = 0;
-    while let Some(r) = set.join_next().await {
-        let (mine, g) = r.expect("publisher task");
-        confirmed.extend(mine);
-        gave_up += g;
-    }
-    tokio::time::timeout(WAIT, fire)
-        .await
-        .expect("the trigger never fired")
-        .expect("trigger task");
-    LoadResult {
-        confirmed,
-        publish_errors: errors.load(Ordering::SeqCst),
-        gave_up,
-    }
-}
-
 /// Waits (bounded) until every confirmed event was handled; returns (handled, duplicates).
 async fn await_all(
     rx: &mut mpsc::UnboundedReceiver<u64>,
@@ -958,7 +879,7 @@ async fn connection_cut_loses_no_confirmed_event() {
     let closed = Arc::new(AtomicUsize::new(0));
     let closed2 = Arc::clone(&closed);
     let t0 = Instant::now();
-    let res = publish_load(&publisher, TOTAL, 8, 2_000, move || {
+    let res = common::publish_load(&publisher, "load.event", TOTAL, 8, 2_000, move || {
         let closed = closed2;
         tokio::task::spawn_blocking(move || {
             let n = close_connections(&marker);
@@ -1028,7 +949,7 @@ async fn broker_restart_loses_no_confirmed_event() {
     let restarted2 = Arc::clone(&restarted);
     const TOTAL: u64 = 10_000;
     let t0 = Instant::now();
-    let res = publish_load(&publisher, TOTAL, 8, 2_000, move || {
+    let res = common::publish_load(&publisher, "load.event", TOTAL, 8, 2_000, move || {
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             common::rabbitmqctl(&["stop_app"]);

@@ -115,3 +115,97 @@ pub fn bindings(exchange: &str, queue: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// What [`publish_load`] achieved.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// The numbers whose publish was confirmed.
+    pub confirmed: std::collections::BTreeSet<u64>,
+    /// Publish attempts that failed and were tried again.
+    pub publish_errors: u64,
+    /// Numbers given up after the deadline.
+    pub gave_up: u64,
+}
+
+/// Publishes `{"n": 0..total}` on `topic` with `tasks` publishers, each awaiting its confirm
+/// and retrying on error (for at most 120 s); `at` runs once when `trigger` confirms are
+/// reached (never when `trigger > total`).
+pub async fn publish_load(
+    client: &Client,
+    topic: &'static str,
+    total: u64,
+    tasks: u64,
+    trigger: u64,
+    at: impl FnOnce() + Send + 'static,
+) -> LoadResult {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let confirms = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let fire = {
+        let reached = Arc::clone(&reached);
+        tokio::spawn(async move {
+            reached.notified().await;
+            at();
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let (client, confirms, errors, reached) = (
+            client.clone(),
+            Arc::clone(&confirms),
+            Arc::clone(&errors),
+            Arc::clone(&reached),
+        );
+        set.spawn(async move {
+            let mut mine = Vec::new();
+            let mut gave_up = 0u64;
+            for n in (t..total).step_by(usize::try_from(tasks).unwrap_or(1)) {
+                loop {
+                    let payload = serde_json::json!({ "n": n });
+                    match tokio::time::timeout(WAIT, client.publish(topic, &payload)).await {
+                        Ok(Ok(_)) => {
+                            mine.push(n);
+                            if confirms.fetch_add(1, Ordering::SeqCst) + 1 == trigger {
+                                reached.notify_one();
+                            }
+                            break;
+                        }
+                        Ok(Err(_)) | Err(_) => {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            if std::time::Instant::now() > deadline {
+                                gave_up += 1;
+                                break;
+                            }
+                            // Back off before trying again (the broker is recovering).
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+            (mine, gave_up)
+        });
+    }
+    let mut confirmed = std::collections::BTreeSet::new();
+    let mut gave_up = 0;
+    while let Some(r) = set.join_next().await {
+        let (mine, g) = r.expect("publisher task");
+        confirmed.extend(mine);
+        gave_up += g;
+    }
+    if trigger <= total {
+        tokio::time::timeout(WAIT, fire)
+            .await
+            .expect("the trigger never fired")
+            .expect("trigger task");
+    } else {
+        fire.abort();
+    }
+    LoadResult {
+        confirmed,
+        publish_errors: errors.load(Ordering::SeqCst),
+        gave_up,
+    }
+}
