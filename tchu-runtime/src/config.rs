@@ -20,6 +20,9 @@ pub const DEFAULT_PREFETCH: u16 = 256;
 pub const DEFAULT_CONCURRENCY: usize = 64;
 /// Default largest body accepted (bytes); bigger messages are dead-lettered.
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+/// Default largest number of (top-level) AMQP headers accepted on a received message; a message
+/// with more is dead-lettered. tchu and Celery set about 20 at most.
+pub const DEFAULT_MAX_HEADERS: usize = 64;
 /// Default RPC timeout, as in tchu-tchu.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -196,8 +199,12 @@ pub struct Config {
     pub prefetch: u16,
     /// Deliveries handled concurrently.
     pub concurrency: usize,
-    /// Largest accepted body.
+    /// Largest accepted body, in bytes (default [`DEFAULT_MAX_BODY`], 16 MiB); a bigger
+    /// message is dead-lettered.
     pub max_body: usize,
+    /// Most top-level AMQP headers accepted on a received message (default
+    /// [`DEFAULT_MAX_HEADERS`]); a message with more is dead-lettered.
+    pub max_headers: usize,
     /// Format for outgoing events and requests (default: Celery, for mixed fleets).
     pub format: WireFormat,
     /// Default RPC timeout.
@@ -226,6 +233,7 @@ impl Config {
             prefetch: DEFAULT_PREFETCH,
             concurrency: DEFAULT_CONCURRENCY,
             max_body: DEFAULT_MAX_BODY,
+            max_headers: DEFAULT_MAX_HEADERS,
             format: WireFormat::Celery,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             publish_timeout: Duration::from_secs(30),
@@ -245,7 +253,8 @@ impl Config {
     /// `TCHU_BROKER_URL` (then `AMQP_URL`, default [`DEFAULT_BROKER_URL`]; it may list several
     /// hosts, see [`BrokerUrl::parse`]), `TCHU_EXCHANGE`, `TCHU_SERVICE` (default: the
     /// executable's file name), `TCHU_PREFETCH`, `TCHU_CONCURRENCY`, `TCHU_FORMAT` (`celery` or
-    /// `native`), `TCHU_QUEUE_TYPE` (`classic` or `quorum`), `TCHU_METRICS_ADDR`.
+    /// `native`), `TCHU_QUEUE_TYPE` (`classic` or `quorum`), `TCHU_METRICS_ADDR`,
+    /// `TCHU_MAX_BODY` (bytes) and `TCHU_MAX_HEADERS`.
     ///
     /// # Errors
     /// A bad value.
@@ -273,6 +282,18 @@ impl Config {
             c.concurrency = p.parse().map_err(|e| ConfigError::Env {
                 name: "TCHU_CONCURRENCY",
                 reason: format!("{e}"),
+            })?;
+        }
+        if let Ok(n) = std::env::var("TCHU_MAX_BODY") {
+            c.max_body = n.trim().parse().map_err(|e| ConfigError::Env {
+                name: "TCHU_MAX_BODY",
+                reason: format!("`{n}`: {e} (expected a number of bytes)"),
+            })?;
+        }
+        if let Ok(n) = std::env::var("TCHU_MAX_HEADERS") {
+            c.max_headers = n.trim().parse().map_err(|e| ConfigError::Env {
+                name: "TCHU_MAX_HEADERS",
+                reason: format!("`{n}`: {e}"),
             })?;
         }
         if let Ok(a) = std::env::var("TCHU_METRICS_ADDR")

@@ -37,7 +37,7 @@ pub use client::{
 };
 pub use config::{
     BrokerUrl, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
-    DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_PREFETCH, redact,
+    DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS, DEFAULT_PREFETCH, redact,
 };
 pub use context::Context;
 pub use dead_letter::DeadLetter;
