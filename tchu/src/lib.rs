@@ -4,11 +4,11 @@
 pub use tchu_macros::{event, subscribe};
 
 pub use tchu_runtime::{
-    App, Backoff, BrokerError, BrokerUrl, CallError, Client, Config, ConfigError, Context,
-    DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health, HealthCheck,
-    MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection, RejectionKind,
-    RetryPolicy, RpcError, Running, State, StatsSnapshot, Topic, TopicError, call, default_client,
-    publish, run, set_default,
+    App, Backoff, BrokerError, BrokerUrl, CallError, Client, ClientCert, Config, ConfigError,
+    Context, DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health,
+    HealthCheck, MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection,
+    RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot, TlsConfig, Topic,
+    TopicError, call, default_client, publish, run, set_default,
 };
 pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
 
