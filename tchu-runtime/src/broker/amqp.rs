@@ -713,15 +713,10 @@ fn lapin_tls(tls: &TlsConfig) -> Result<lapin::tcp::OwnedTLSConfig, BrokerError>
     })
 }
 
-/// The error of a failed connect to `url`, with a hint when the TLS handshake failed.
-fn connect_error(url: &str, e: lapin::Error) -> BrokerError {
-    let node = redact(url);
-    if !url.starts_with("amqps://") {
-        return BrokerError::with_source(format!("cannot connect to the broker at {node}"), e);
-    }
-    // rustls' errors travel as text inside an I/O error: its words are the only handle.
-    let text = e.to_string();
-    let hint = if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+/// Why a TLS connection failed, from the error's text (rustls' errors travel as text inside an
+/// I/O error: its words are the only handle). `None` when it does not look like a TLS failure.
+fn tls_hint(text: &str) -> Option<&'static str> {
+    if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
         Some(
             "the server's certificate is not signed by a trusted CA (set TCHU_TLS_CA_FILE to \
              the CA that signed it)",
@@ -731,7 +726,11 @@ fn connect_error(url: &str, e: lapin::Error) -> BrokerError {
             "the server's certificate is not valid for the host name in the URL (connect with \
              a name the certificate was issued for)",
         )
-    } else if text.contains("CertificateRequired") || text.contains("HandshakeFailure") {
+    } else if text.contains("CertificateRequired")
+        || text.contains("HandshakeFailure")
+        || text.contains("BadCertificate")
+        || text.contains("UnknownCA")
+    {
         Some(
             "the server requires a client certificate it accepts (set TCHU_TLS_CERT_FILE and \
              TCHU_TLS_KEY_FILE)",
@@ -742,11 +741,81 @@ fn connect_error(url: &str, e: lapin::Error) -> BrokerError {
         Some("the server did not answer with TLS (is this an amqp:// port?)")
     } else {
         None
-    };
-    match hint {
+    }
+}
+
+/// The error of a failed connect to `url`, with a hint when the TLS handshake failed.
+fn connect_error(url: &str, e: lapin::Error) -> BrokerError {
+    let node = redact(url);
+    match tls_hint(&e.to_string()).filter(|_| url.starts_with("amqps://")) {
         Some(h) => BrokerError::with_source(format!("TLS connection to {node} failed: {h}"), e),
         None => BrokerError::with_source(format!("cannot connect to the broker at {node}"), e),
     }
+}
+
+/// How long the TLS check of [`check_tls`] may take before it is left to lapin.
+#[cfg(feature = "tls")]
+const TLS_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// For `amqps://`, one TLS connection made outside lapin, which sends the AMQP protocol header
+/// and reads the server's first bytes. lapin retries every failure of its own connects until
+/// tchu's connect timeout and then the cause is lost; this way a server certificate the client
+/// refuses, or a client certificate the server refuses (TLS 1.3 tells that only after the
+/// handshake), fails at once and says why. Anything else (a refused TCP connection, a timeout)
+/// is left to lapin's connect and its retries.
+#[cfg(feature = "tls")]
+async fn check_tls(url: &str, tls: &lapin::tcp::OwnedTLSConfig) -> Result<(), BrokerError> {
+    use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use lapin::tcp::AMQPUriTcpExt as _;
+
+    if !url.starts_with("amqps://") {
+        return Ok(());
+    }
+    // Parse and runtime errors are reported by lapin's own connect.
+    let (Ok(uri), Ok(runtime)) = (
+        url.parse::<lapin::uri::AMQPUri>(),
+        lapin::runtime::default_runtime(),
+    ) else {
+        return Ok(());
+    };
+    // The error, and whether the handshake had completed.
+    let probe = async {
+        let mut stream = uri
+            .connect_with_config_async(tls.as_ref(), &runtime)
+            .await
+            .map_err(|e| (e, false))?;
+        let after = async {
+            stream.write_all(b"AMQP\x00\x00\x09\x01").await?;
+            stream.flush().await?;
+            let mut first = [0u8; 1];
+            if stream.read(&mut first).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ));
+            }
+            Ok(())
+        };
+        after.await.map_err(|e| (e, true))
+    };
+    let Ok(Err((e, handshake_done))) = tokio::time::timeout(TLS_CHECK_TIMEOUT, probe).await else {
+        return Ok(());
+    };
+    let hint = match tls_hint(&e.to_string()) {
+        Some(h) => h,
+        // Dropped right after a good handshake, before any AMQP: with TLS 1.3 that is how a
+        // refused client certificate shows when the alert is lost to the reset.
+        None if handshake_done => {
+            "the server closed the connection right after the TLS handshake; it probably \
+             requires a client certificate it accepts (set TCHU_TLS_CERT_FILE and \
+             TCHU_TLS_KEY_FILE)"
+        }
+        None => return Ok(()),
+    };
+    Err(BrokerError::with_source(
+        format!("TLS connection to {} failed: {hint}", redact(url)),
+        e,
+    ))
 }
 
 /// Opens a connection with auto-recovery and its confirm-mode publish channel.
@@ -754,8 +823,11 @@ async fn open(url: &str, name: &str, tls: &TlsConfig) -> Result<Inner, BrokerErr
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(name.to_owned()))
         .enable_auto_recover();
+    let tls = lapin_tls(tls)?;
+    #[cfg(feature = "tls")]
+    check_tls(url, &tls).await?;
     let runtime = lapin::runtime::default_runtime().map_err(err("no async runtime"))?;
-    let conn = Connection::connect_with_config(url, props, lapin_tls(tls)?, runtime)
+    let conn = Connection::connect_with_config(url, props, tls, runtime)
         .await
         .map_err(|e| connect_error(url, e))?;
     let publish = conn
