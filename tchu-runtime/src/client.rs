@@ -449,3 +449,25 @@ pub async fn call<T: Serialize + ?Sized>(
         .map_err(|e| PublishError::NoClient(Box::new(e)))?;
     c.call(topic, payload, Some(timeout)).await
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn nothing_goes_unencrypted_silently() {
+        let plain = vec!["amqp://u:p@h/%2f".to_owned()];
+        let tls = vec!["amqps://u:p@h/%2f".to_owned()];
+        let with_ca = TlsConfig::new().with_ca_pem("-----BEGIN CERTIFICATE-----");
+        assert!(check_tls(&plain, &TlsConfig::new()).is_ok());
+        let err = check_tls(&plain, &with_ca).unwrap_err();
+        assert!(err.to_string().contains("would not be encrypted"), "{err}");
+        let r = check_tls(&tls, &with_ca);
+        if cfg!(feature = "tls") {
+            assert!(r.is_ok());
+        } else {
+            let err = r.unwrap_err();
+            assert!(err.to_string().contains("`tls` feature"), "{err}");
+        }
+    }
+}
