@@ -14,7 +14,7 @@ fuzz_target!(|body: &[u8]| {
     };
     let _ = celery::is_celery(&v1);
     let _ = celery::decode(&v1);
-    let _ = wire::decode(&v1, 1 << 20);
+    let _ = wire::decode(&v1, wire::Limits::new(1 << 20, usize::MAX));
     let _ = celery::is_interim_reply(&v1);
     let _ = celery::decode_reply(&v1);
     let _ = wire::json::decode_reply(&v1);

@@ -9,7 +9,7 @@ use tchu_runtime::wire::{self, Kind, WireFormat, celery};
 fuzz_target!(|input: FuzzMessage| {
     let msg = input.into_message();
     let is_celery = celery::is_celery(&msg);
-    let Ok(d) = wire::decode(&msg, 1 << 20) else {
+    let Ok(d) = wire::decode(&msg, wire::Limits::new(1 << 20, usize::MAX)) else {
         return;
     };
     assert_eq!(d.format == WireFormat::Celery, is_celery, "{d:?}");
@@ -43,7 +43,7 @@ fuzz_target!(|input: FuzzMessage| {
     let is_rpc = d.kind == Kind::Rpc;
     for format in [WireFormat::Celery, WireFormat::Native] {
         let m = wire::encode(format, &d.topic, json.as_bytes(), "id-1", is_rpc);
-        let again = wire::decode(&m, usize::MAX)
+        let again = wire::decode(&m, wire::Limits::NONE)
             .unwrap_or_else(|e| panic!("re-encoded {format:?} message refused: {e}\n{d:?}"));
         assert_eq!(again.format, format);
         assert_eq!(again.topic, d.topic);

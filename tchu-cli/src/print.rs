@@ -318,7 +318,7 @@ pub(crate) fn dead_letter(d: &DeadLetter) -> String {
         .map(|(k, v)| (k.clone(), header_json(v)))
         .collect();
     let _ = writeln!(out, "headers:\n{}", pretty(&Value::Object(headers)));
-    match tchu::wire::decode(&d.message, usize::MAX) {
+    match tchu::wire::decode(&d.message, tchu::wire::Limits::NONE) {
         Ok(decoded) => {
             let _ = writeln!(
                 out,

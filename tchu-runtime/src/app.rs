@@ -301,7 +301,7 @@ impl App {
                 queue: service.clone(),
                 queue_type: self.config.queue_type,
                 state: Arc::new(state),
-                max_body: self.config.max_body,
+                limits: crate::wire::Limits::new(self.config.max_body, self.config.max_headers),
                 retry: self.config.retry,
                 stats: Arc::clone(&stats),
                 retry_queues: Mutex::new(HashSet::new()),

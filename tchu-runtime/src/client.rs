@@ -11,8 +11,8 @@ use tracing::field::Empty;
 
 use crate::broker::amqp::AmqpBroker;
 use crate::broker::{Broker, Confirm};
-use crate::config::{BrokerUrl, Config};
-use crate::error::{CallError, Error, PublishError};
+use crate::config::{BrokerUrl, Config, TlsConfig};
+use crate::error::{CallError, ConfigError, Error, PublishError};
 use crate::event::Event;
 use crate::message::Message;
 use crate::rpc::Rpc;
@@ -62,16 +62,41 @@ impl fmt::Debug for Client {
     }
 }
 
+/// Refuses what would silently go unencrypted: an `amqps://` URL in a build without TLS (lapin
+/// would then connect in plain text), and TLS files set for `amqp://` URLs only.
+fn check_tls(urls: &[String], tls: &TlsConfig) -> Result<(), ConfigError> {
+    let any_tls = urls.iter().any(|u| u.starts_with("amqps://"));
+    if any_tls && !cfg!(feature = "tls") {
+        return Err(ConfigError::Tls(
+            "an `amqps://` broker URL needs tchu's `tls` feature, and this binary was built \
+             without it"
+                .to_owned(),
+        ));
+    }
+    if !any_tls && !tls.is_empty() {
+        return Err(ConfigError::Tls(
+            "TLS settings (TCHU_TLS_CA_FILE, TCHU_TLS_CERT_FILE, TCHU_TLS_KEY_FILE) are set but \
+             no broker URL is `amqps://`: the connection would not be encrypted"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 impl Client {
     /// Connects with the given settings.
     ///
     /// # Errors
-    /// The broker cannot be reached.
+    /// The broker cannot be reached; an `amqps://` URL in a build without the `tls` feature;
+    /// TLS settings with no `amqps://` URL.
     pub async fn connect(config: Config) -> Result<Client, Error> {
         let broker = match &config.broker {
             BrokerUrl::Amqp(urls) => {
+                check_tls(urls, &config.tls)?;
                 let name = config.service.clone().unwrap_or_else(|| "tchu".to_owned());
-                Broker::Amqp(AmqpBroker::connect(urls, &name, config.publish_timeout).await?)
+                Broker::Amqp(
+                    AmqpBroker::connect(urls, &name, config.publish_timeout, &config.tls).await?,
+                )
             }
             BrokerUrl::Memory(m) => Broker::Memory(m.clone()),
         };
@@ -423,4 +448,26 @@ pub async fn call<T: Serialize + ?Sized>(
         .await
         .map_err(|e| PublishError::NoClient(Box::new(e)))?;
     c.call(topic, payload, Some(timeout)).await
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn nothing_goes_unencrypted_silently() {
+        let plain = vec!["amqp://u:p@h/%2f".to_owned()];
+        let tls = vec!["amqps://u:p@h/%2f".to_owned()];
+        let with_ca = TlsConfig::new().with_ca_pem("-----BEGIN CERTIFICATE-----");
+        assert!(check_tls(&plain, &TlsConfig::new()).is_ok());
+        let err = check_tls(&plain, &with_ca).unwrap_err();
+        assert!(err.to_string().contains("would not be encrypted"), "{err}");
+        let r = check_tls(&tls, &with_ca);
+        if cfg!(feature = "tls") {
+            assert!(r.is_ok());
+        } else {
+            let err = r.unwrap_err();
+            assert!(err.to_string().contains("`tls` feature"), "{err}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::broker::QueueType;
@@ -20,6 +21,9 @@ pub const DEFAULT_PREFETCH: u16 = 256;
 pub const DEFAULT_CONCURRENCY: usize = 64;
 /// Default largest body accepted (bytes); bigger messages are dead-lettered.
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+/// Default largest number of (top-level) AMQP headers accepted on a received message; a message
+/// with more is dead-lettered. tchu and Celery set about 20 at most.
+pub const DEFAULT_MAX_HEADERS: usize = 64;
 /// Default RPC timeout, as in tchu-tchu.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -41,7 +45,8 @@ impl BrokerUrl {
     /// (`amqp://u:p@h1/%2f,amqp://u:p@h2/%2f`, as in `TCHU_BROKER_URLS`).
     ///
     /// # Errors
-    /// An unknown scheme, or an empty host in a list.
+    /// An unknown scheme, an empty host in a list, or a URL lapin cannot read (a bad port or
+    /// query parameter).
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
         let url = url.trim();
         if url.starts_with("memory://") {
@@ -55,7 +60,17 @@ impl BrokerUrl {
                     redact(one)
                 )));
             }
-            urls.extend(expand_hosts(one)?);
+            for u in expand_hosts(one)? {
+                // Checked now, so that a bad port or query is a configuration error.
+                if let Err(e) = u.parse::<lapin::uri::AMQPUri>() {
+                    return Err(ConfigError::BrokerUrl(format!(
+                        "`{}`: {}",
+                        redact(&u),
+                        e.replace(&u, &redact(&u))
+                    )));
+                }
+                urls.push(u);
+            }
         }
         Ok(BrokerUrl::Amqp(urls))
     }
@@ -196,8 +211,12 @@ pub struct Config {
     pub prefetch: u16,
     /// Deliveries handled concurrently.
     pub concurrency: usize,
-    /// Largest accepted body.
+    /// Largest accepted body, in bytes (default [`DEFAULT_MAX_BODY`], 16 MiB); a bigger
+    /// message is dead-lettered.
     pub max_body: usize,
+    /// Most top-level AMQP headers accepted on a received message (default
+    /// [`DEFAULT_MAX_HEADERS`]); a message with more is dead-lettered.
+    pub max_headers: usize,
     /// Format for outgoing events and requests (default: Celery, for mixed fleets).
     pub format: WireFormat,
     /// Default RPC timeout.
@@ -214,6 +233,9 @@ pub struct Config {
     /// (`TCHU_METRICS_ADDR`, e.g. `127.0.0.1:9464`; port 0 picks a free port). Needs the
     /// `prometheus` feature; without it a set address is ignored with a warning.
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS settings for `amqps://` URLs (custom CA, client certificate). Needs the `tls`
+    /// feature.
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -226,6 +248,7 @@ impl Config {
             prefetch: DEFAULT_PREFETCH,
             concurrency: DEFAULT_CONCURRENCY,
             max_body: DEFAULT_MAX_BODY,
+            max_headers: DEFAULT_MAX_HEADERS,
             format: WireFormat::Celery,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             publish_timeout: Duration::from_secs(30),
@@ -233,6 +256,7 @@ impl Config {
             queue_type: QueueType::Classic,
             retry: RetryPolicy::DEFAULT,
             metrics_addr: None,
+            tls: TlsConfig::default(),
         }
     }
 
@@ -245,10 +269,13 @@ impl Config {
     /// `TCHU_BROKER_URL` (then `AMQP_URL`, default [`DEFAULT_BROKER_URL`]; it may list several
     /// hosts, see [`BrokerUrl::parse`]), `TCHU_EXCHANGE`, `TCHU_SERVICE` (default: the
     /// executable's file name), `TCHU_PREFETCH`, `TCHU_CONCURRENCY`, `TCHU_FORMAT` (`celery` or
-    /// `native`), `TCHU_QUEUE_TYPE` (`classic` or `quorum`), `TCHU_METRICS_ADDR`.
+    /// `native`), `TCHU_QUEUE_TYPE` (`classic` or `quorum`), `TCHU_METRICS_ADDR`,
+    /// `TCHU_MAX_BODY` (bytes) and `TCHU_MAX_HEADERS`, and for
+    /// `amqps://` the TLS files of [`TlsConfig::from_env`] (`TCHU_TLS_CA_FILE`,
+    /// `TCHU_TLS_CERT_FILE`, `TCHU_TLS_KEY_FILE`).
     ///
     /// # Errors
-    /// A bad value.
+    /// A bad value, or a TLS file that cannot be read.
     pub fn from_env() -> Result<Self, ConfigError> {
         let url = std::env::var("TCHU_BROKER_URLS")
             .or_else(|_| std::env::var("TCHU_BROKER_URL"))
@@ -273,6 +300,18 @@ impl Config {
             c.concurrency = p.parse().map_err(|e| ConfigError::Env {
                 name: "TCHU_CONCURRENCY",
                 reason: format!("{e}"),
+            })?;
+        }
+        if let Ok(n) = std::env::var("TCHU_MAX_BODY") {
+            c.max_body = n.trim().parse().map_err(|e| ConfigError::Env {
+                name: "TCHU_MAX_BODY",
+                reason: format!("`{n}`: {e} (expected a number of bytes)"),
+            })?;
+        }
+        if let Ok(n) = std::env::var("TCHU_MAX_HEADERS") {
+            c.max_headers = n.trim().parse().map_err(|e| ConfigError::Env {
+                name: "TCHU_MAX_HEADERS",
+                reason: format!("`{n}`: {e}"),
             })?;
         }
         if let Ok(a) = std::env::var("TCHU_METRICS_ADDR")
@@ -301,7 +340,216 @@ impl Config {
                 reason: e.to_string(),
             })?;
         }
+        c.tls = TlsConfig::from_env()?;
         Ok(c)
+    }
+}
+
+/// TLS settings for `amqps://` connections (rustls; needs the `tls` feature).
+///
+/// The server's certificate is checked against the system's root certificates plus
+/// [`ca_pem`](Self::ca_pem), and its name against the host of the URL (there is no override:
+/// use the name the certificate was issued for, e.g. `amqps://rabbit.internal:5671`). A client
+/// certificate is presented when set, for brokers with `ssl_options.verify = verify_peer` and
+/// `fail_if_no_peer_cert = true`.
+///
+/// `Debug` shows neither the private key nor the PKCS#12 password.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// Extra trusted CA certificates (PEM, one or more), e.g. a private CA.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate to present, if any.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate with its private key.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientCert {
+    /// A PEM certificate chain (the client's certificate first) and its unencrypted PEM private
+    /// key (PKCS#8, PKCS#1 or SEC1).
+    Pem {
+        /// The certificate chain, PEM.
+        cert_chain: Vec<u8>,
+        /// The private key, PEM.
+        key: Vec<u8>,
+    },
+    /// A PKCS#12 (`.p12`/`.pfx`) archive, DER, with its password.
+    Pkcs12 {
+        /// The archive.
+        der: Vec<u8>,
+        /// Its password.
+        password: String,
+    },
+}
+
+impl fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientCert::Pem { cert_chain, .. } => f
+                .debug_struct("Pem")
+                .field("cert_chain", &format_args!("<{} bytes>", cert_chain.len()))
+                .field("key", &format_args!("<redacted>"))
+                .finish(),
+            ClientCert::Pkcs12 { der, .. } => f
+                .debug_struct("Pkcs12")
+                .field("der", &format_args!("<{} bytes, redacted>", der.len()))
+                .field("password", &format_args!("<redacted>"))
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field(
+                "ca_pem",
+                &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())),
+            )
+            .field("client_cert", &self.client_cert)
+            .finish()
+    }
+}
+
+/// What a PEM file must contain.
+#[derive(Clone, Copy)]
+enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+fn read_pem(what: &'static str, path: &Path, kind: PemKind) -> Result<Vec<u8>, ConfigError> {
+    let bad = |reason: String| ConfigError::TlsFile {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let ok = match kind {
+        PemKind::Certificate => text.contains("-----BEGIN CERTIFICATE-----"),
+        PemKind::PrivateKey => text.contains("-----BEGIN ") && text.contains("PRIVATE KEY-----"),
+    };
+    if !ok {
+        return Err(bad(match kind {
+            PemKind::Certificate => "no PEM certificate (`-----BEGIN CERTIFICATE-----`) in it",
+            PemKind::PrivateKey => "no PEM private key (`-----BEGIN PRIVATE KEY-----`) in it",
+        }
+        .to_owned()));
+    }
+    if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(bad(
+            "the private key is encrypted: decrypt it (`openssl pkey -in k.pem -out k2.pem`) or \
+             use a PKCS#12 archive with its password"
+                .to_owned(),
+        ));
+    }
+    Ok(bytes)
+}
+
+impl TlsConfig {
+    /// No custom CA and no client certificate: the server must have a certificate signed by a
+    /// root the system trusts.
+    pub fn new() -> Self {
+        TlsConfig::default()
+    }
+
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.ca_pem.is_none() && self.client_cert.is_none()
+    }
+
+    /// Also trusts the CA certificates of this PEM text.
+    #[must_use]
+    pub fn with_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Also trusts the CA certificates of this PEM file.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds no PEM certificate.
+    pub fn with_ca_file(self, path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let pem = read_pem("CA certificate file", path.as_ref(), PemKind::Certificate)?;
+        Ok(self.with_ca_pem(pem))
+    }
+
+    /// Presents this client certificate chain (PEM) with its unencrypted private key (PEM).
+    #[must_use]
+    pub fn with_client_cert_pem(
+        mut self,
+        cert_chain: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client_cert = Some(ClientCert::Pem {
+            cert_chain: cert_chain.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// Presents the client certificate of these PEM files (certificate chain, private key).
+    ///
+    /// # Errors
+    /// A file cannot be read, holds no PEM certificate or key, or the key is encrypted.
+    pub fn with_client_cert_files(
+        self,
+        cert_chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, ConfigError> {
+        let cert = read_pem(
+            "client certificate file",
+            cert_chain.as_ref(),
+            PemKind::Certificate,
+        )?;
+        let key = read_pem("client key file", key.as_ref(), PemKind::PrivateKey)?;
+        Ok(self.with_client_cert_pem(cert, key))
+    }
+
+    /// Presents the client certificate and key of a PKCS#12 archive (DER).
+    #[must_use]
+    pub fn with_client_pkcs12(
+        mut self,
+        der: impl Into<Vec<u8>>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.client_cert = Some(ClientCert::Pkcs12 {
+            der: der.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Reads `TCHU_TLS_CA_FILE` (PEM CA certificates to trust besides the system's roots),
+    /// `TCHU_TLS_CERT_FILE` and `TCHU_TLS_KEY_FILE` (a PEM client certificate chain and its
+    /// unencrypted PEM private key; both or neither). Unset or empty variables are ignored.
+    ///
+    /// # Errors
+    /// A file cannot be read or is not PEM, or only one of the certificate and key is set.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let mut tls = TlsConfig::new();
+        if let Some(ca) = var("TCHU_TLS_CA_FILE") {
+            tls = tls.with_ca_file(ca)?;
+        }
+        match (var("TCHU_TLS_CERT_FILE"), var("TCHU_TLS_KEY_FILE")) {
+            (Some(cert), Some(key)) => tls = tls.with_client_cert_files(cert, key)?,
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ConfigError::Tls(
+                    "TCHU_TLS_CERT_FILE is set without TCHU_TLS_KEY_FILE".to_owned(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Tls(
+                    "TCHU_TLS_KEY_FILE is set without TCHU_TLS_CERT_FILE".to_owned(),
+                ));
+            }
+        }
+        Ok(tls)
     }
 }
 
@@ -376,6 +624,82 @@ mod tests {
             .err()
             .unwrap();
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn a_url_lapin_cannot_read_is_a_config_error_without_the_password() {
+        for bad in [
+            "amqp://alice:s3cret@host:99999/%2f",
+            "amqp://alice:s3cret@host/%2f?heartbeat=soon",
+        ] {
+            let err = BrokerUrl::parse(bad).err().unwrap();
+            let text = err.to_string();
+            assert!(text.contains("alice:***@host"), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn tls_debug_hides_keys_and_passwords() {
+        let tls = TlsConfig::new()
+            .with_ca_pem("-----BEGIN CERTIFICATE-----")
+            .with_client_cert_pem("-----BEGIN CERTIFICATE-----", "KEY-SECRET");
+        let shown = format!("{tls:?} {tls:#?}");
+        assert!(!shown.contains("KEY-SECRET"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let p12 = TlsConfig::new().with_client_pkcs12(b"P12-SECRET".to_vec(), "PW-SECRET");
+        let shown = format!("{p12:?}");
+        assert!(
+            !shown.contains("PW-SECRET") && !shown.contains("80, 49, 50"),
+            "{shown}"
+        );
+        let mut c = Config::new(BrokerUrl::parse("amqps://u:p@h/").unwrap());
+        c.tls = tls;
+        assert!(!format!("{c:?}").contains("KEY-SECRET"));
+        assert!(TlsConfig::new().is_empty() && !c.tls.is_empty());
+    }
+
+    #[test]
+    fn tls_files_are_checked_when_read() {
+        let dir = std::env::temp_dir().join(format!("tchu-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = TlsConfig::new()
+            .with_ca_file(dir.join("missing.pem"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &missing,
+                ConfigError::TlsFile {
+                    what: "CA certificate file",
+                    ..
+                }
+            ),
+            "{missing}"
+        );
+        assert!(missing.to_string().contains("missing.pem"), "{missing}");
+
+        std::fs::write(dir.join("cert.pem"), "-----BEGIN CERTIFICATE-----\nAA==\n").unwrap();
+        std::fs::write(dir.join("not.pem"), "hello").unwrap();
+        std::fs::write(
+            dir.join("enc.key"),
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAA==\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = TlsConfig::new()
+            .with_ca_file(dir.join("not.pem"))
+            .unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        let err = TlsConfig::new()
+            .with_client_cert_files(dir.join("cert.pem"), dir.join("not.pem"))
+            .unwrap_err();
+        assert!(err.to_string().contains("no PEM private key"), "{err}");
+        let err = TlsConfig::new()
+            .with_client_cert_files(dir.join("cert.pem"), dir.join("enc.key"))
+            .unwrap_err();
+        assert!(err.to_string().contains("encrypted"), "{err}");
+        let ok = TlsConfig::new().with_ca_file(dir.join("cert.pem")).unwrap();
+        assert!(ok.ca_pem.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

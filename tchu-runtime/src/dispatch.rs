@@ -104,7 +104,7 @@ pub(crate) struct Dispatcher {
     pub(crate) queue: String,
     pub(crate) queue_type: QueueType,
     pub(crate) state: Arc<StateMap>,
-    pub(crate) max_body: usize,
+    pub(crate) limits: wire::Limits,
     pub(crate) retry: RetryPolicy,
     pub(crate) stats: Arc<Stats>,
     pub(crate) retry_queues: Mutex<HashSet<u64>>,
@@ -208,7 +208,7 @@ impl Dispatcher {
         }
         telemetry::received(&message.routing_key);
 
-        let mut decoded = match wire::decode(&message, self.max_body) {
+        let mut decoded = match wire::decode(&message, self.limits) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(routing_key = %message.routing_key, reason = %e, "undecodable message dead-lettered");

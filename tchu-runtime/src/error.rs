@@ -238,6 +238,19 @@ pub enum ConfigError {
     /// Not a queue type.
     #[error("unknown queue type `{0}`: expected `classic` or `quorum`")]
     QueueType(String),
+    /// A TLS file could not be used.
+    #[error("cannot use {what} `{}`: {reason}", path.display())]
+    TlsFile {
+        /// Which file (e.g. "CA certificate file").
+        what: &'static str,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS settings are inconsistent, or TLS is not available.
+    #[error("tls: {0}")]
+    Tls(String),
     /// No service name could be determined.
     #[error("no service name: set TCHU_SERVICE or `App::service`")]
     NoServiceName,

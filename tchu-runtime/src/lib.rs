@@ -36,8 +36,8 @@ pub use client::{
     Client, MessageId, call, call_event, default_client, publish, publish_event, set_default,
 };
 pub use config::{
-    BrokerUrl, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
-    DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_PREFETCH, redact,
+    BrokerUrl, ClientCert, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
+    DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS, DEFAULT_PREFETCH, TlsConfig, redact,
 };
 pub use context::Context;
 pub use dead_letter::DeadLetter;

@@ -48,7 +48,7 @@ impl Client {
             .bind(&queue, &self.config().exchange, pattern.as_str())
             .await?;
         let consumer = broker.consume(&queue, TAIL_PREFETCH).await?;
-        let max_body = self.config().max_body;
+        let limits = wire::Limits::new(self.config().max_body, self.config().max_headers);
         Ok(futures_util::stream::unfold(
             consumer,
             move |mut consumer| async move {
@@ -56,7 +56,7 @@ impl Client {
                     Ok(d) => match d.acker.ack().await {
                         Ok(()) => Ok(TailedEvent {
                             routing_key: d.message.routing_key.clone(),
-                            decoded: wire::decode(&d.message, max_body),
+                            decoded: wire::decode(&d.message, limits),
                             message: d.message,
                         }),
                         Err(e) => Err(e),

@@ -147,7 +147,7 @@ impl TestApp {
             match tokio::time::timeout_at(deadline, capture.next()).await {
                 Ok(Some(Ok(d))) => {
                     let _ = d.acker.ack().await;
-                    if let Ok(dec) = wire::decode(&d.message, usize::MAX)
+                    if let Ok(dec) = wire::decode(&d.message, wire::Limits::NONE)
                         && dec.kind != Kind::Rpc
                         && let Ok(mut s) = self.seen.lock()
                     {

@@ -4,11 +4,11 @@
 pub use tchu_macros::{event, subscribe};
 
 pub use tchu_runtime::{
-    App, Backoff, BrokerError, BrokerUrl, CallError, Client, Config, ConfigError, Context,
-    DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health, HealthCheck,
-    MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection, RejectionKind,
-    RetryPolicy, RpcError, Running, State, StatsSnapshot, Topic, TopicError, call, default_client,
-    publish, run, set_default,
+    App, Backoff, BrokerError, BrokerUrl, CallError, Client, ClientCert, Config, ConfigError,
+    Context, DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health,
+    HealthCheck, MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection,
+    RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot, TlsConfig, Topic,
+    TopicError, call, default_client, publish, run, set_default,
 };
 pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
 
@@ -20,14 +20,14 @@ pub use tchu_runtime::wire::WireFormat;
 
 /// Wire formats: decoding any received message (as `tchu tail` shows them).
 pub mod wire {
-    pub use tchu_runtime::wire::{DecodeError, Decoded, Kind, WireFormat, decode};
+    pub use tchu_runtime::wire::{DecodeError, Decoded, Kind, Limits, WireFormat, decode};
 }
 
 /// Settings defaults and helpers.
 pub mod config {
     pub use tchu_runtime::{
         DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY, DEFAULT_EXCHANGE,
-        DEFAULT_MAX_BODY, DEFAULT_PREFETCH, redact,
+        DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS, DEFAULT_PREFETCH, redact,
     };
 }
 

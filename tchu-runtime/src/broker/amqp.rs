@@ -34,7 +34,7 @@ use lapin::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
 use crate::broker::{Confirm, InboundDelivery, QueueSpec, QueueType, ReplyConsumer};
-use crate::config::redact;
+use crate::config::{ClientCert, TlsConfig, redact};
 use crate::error::BrokerError;
 use crate::message::{HeaderValue, Headers, Message, Properties};
 
@@ -67,6 +67,8 @@ struct Shared {
     urls: Vec<String>,
     name: String,
     publish_timeout: Duration,
+    /// For `amqps://` nodes.
+    tls: TlsConfig,
     current: std::sync::RwLock<Arc<Inner>>,
     /// Held while a new connection is being made, so that only one is.
     reconnecting: tokio::sync::Mutex<()>,
@@ -85,19 +87,21 @@ fn err(context: &str) -> impl FnOnce(lapin::Error) -> BrokerError + '_ {
 }
 
 impl AmqpBroker {
-    /// Connects to the first of `urls` (`amqp://` URLs, one per node; logged only redacted)
-    /// that answers.
+    /// Connects to the first of `urls` (`amqp://` or `amqps://` URLs, one per node; logged
+    /// only redacted) that answers.
     pub(crate) async fn connect(
         urls: &[String],
         name: &str,
         publish_timeout: Duration,
+        tls: &TlsConfig,
     ) -> Result<Self, BrokerError> {
-        let inner = open_any(urls, 0, name, None).await?;
+        let inner = open_any(urls, 0, name, tls, None).await?;
         Ok(AmqpBroker {
             shared: Arc::new(Shared {
                 urls: urls.to_vec(),
                 name: name.to_owned(),
                 publish_timeout,
+                tls: tls.clone(),
                 current: std::sync::RwLock::new(Arc::new(inner)),
                 reconnecting: tokio::sync::Mutex::new(()),
                 replies: std::sync::Mutex::new(None),
@@ -132,6 +136,7 @@ impl AmqpBroker {
             &self.shared.urls,
             seen.node + 1,
             &self.shared.name,
+            &self.shared.tls,
             self.reply_sender(),
         )
         .await?;
@@ -639,6 +644,7 @@ async fn open_any(
     urls: &[String],
     start: usize,
     name: &str,
+    tls: &TlsConfig,
     replies: Option<ReplySender>,
 ) -> Result<Inner, BrokerError> {
     let mut last = None;
@@ -646,7 +652,7 @@ async fn open_any(
         let node = (start + k) % urls.len();
         let url = &urls[node];
         let attempt = async {
-            let mut inner = open(url, name).await?;
+            let mut inner = open(url, name, tls).await?;
             inner.node = node;
             if let Some(tx) = &replies {
                 subscribe_replies(&inner.publish, tx.clone()).await?;
@@ -683,14 +689,147 @@ async fn open_any(
     })
 }
 
+/// lapin's TLS settings for `tls` (the same for every node; lapin keeps them for recovery).
+fn lapin_tls(tls: &TlsConfig) -> Result<lapin::tcp::OwnedTLSConfig, BrokerError> {
+    let cert_chain = match &tls.ca_pem {
+        Some(pem) => Some(String::from_utf8(pem.clone()).map_err(|_| {
+            BrokerError::new("the TLS CA certificates are not PEM text (not UTF-8)")
+        })?),
+        None => None,
+    };
+    let identity = tls.client_cert.as_ref().map(|c| match c {
+        ClientCert::Pem { cert_chain, key } => lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: cert_chain.clone(),
+            key: key.clone(),
+        },
+        ClientCert::Pkcs12 { der, password } => lapin::tcp::OwnedIdentity::PKCS12 {
+            der: der.clone(),
+            password: password.clone(),
+        },
+    });
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
+/// Why a TLS connection failed, from the error's text (rustls' errors travel as text inside an
+/// I/O error: its words are the only handle). `None` when it does not look like a TLS failure.
+fn tls_hint(text: &str) -> Option<&'static str> {
+    if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+        Some(
+            "the server's certificate is not signed by a trusted CA (set TCHU_TLS_CA_FILE to \
+             the CA that signed it)",
+        )
+    } else if text.contains("not valid for name") || text.contains("NotValidForName") {
+        Some(
+            "the server's certificate is not valid for the host name in the URL (connect with \
+             a name the certificate was issued for)",
+        )
+    } else if text.contains("CertificateRequired")
+        || text.contains("HandshakeFailure")
+        || text.contains("BadCertificate")
+        || text.contains("UnknownCA")
+    {
+        Some(
+            "the server requires a client certificate it accepts (set TCHU_TLS_CERT_FILE and \
+             TCHU_TLS_KEY_FILE)",
+        )
+    } else if text.contains("invalid peer certificate") {
+        Some("the server's certificate was not accepted")
+    } else if text.contains("CorruptMessage") || text.contains("InvalidContentType") {
+        Some("the server did not answer with TLS (is this an amqp:// port?)")
+    } else {
+        None
+    }
+}
+
+/// The error of a failed connect to `url`, with a hint when the TLS handshake failed.
+fn connect_error(url: &str, e: lapin::Error) -> BrokerError {
+    let node = redact(url);
+    match tls_hint(&e.to_string()).filter(|_| url.starts_with("amqps://")) {
+        Some(h) => BrokerError::with_source(format!("TLS connection to {node} failed: {h}"), e),
+        None => BrokerError::with_source(format!("cannot connect to the broker at {node}"), e),
+    }
+}
+
+/// How long the TLS check of [`check_tls`] may take before it is left to lapin.
+#[cfg(feature = "tls")]
+const TLS_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// For `amqps://`, one TLS connection made outside lapin, which sends the AMQP protocol header
+/// and reads the server's first bytes. lapin retries every failure of its own connects until
+/// tchu's connect timeout and then the cause is lost; this way a server certificate the client
+/// refuses, or a client certificate the server refuses (TLS 1.3 tells that only after the
+/// handshake), fails at once and says why. Anything else (a refused TCP connection, a timeout)
+/// is left to lapin's connect and its retries.
+#[cfg(feature = "tls")]
+async fn check_tls(url: &str, tls: &lapin::tcp::OwnedTLSConfig) -> Result<(), BrokerError> {
+    use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use lapin::tcp::AMQPUriTcpExt as _;
+
+    if !url.starts_with("amqps://") {
+        return Ok(());
+    }
+    // Parse and runtime errors are reported by lapin's own connect.
+    let (Ok(uri), Ok(runtime)) = (
+        url.parse::<lapin::uri::AMQPUri>(),
+        lapin::runtime::default_runtime(),
+    ) else {
+        return Ok(());
+    };
+    // The error, and whether the handshake had completed.
+    let probe = async {
+        let mut stream = uri
+            .connect_with_config_async(tls.as_ref(), &runtime)
+            .await
+            .map_err(|e| (e, false))?;
+        let after = async {
+            stream.write_all(b"AMQP\x00\x00\x09\x01").await?;
+            stream.flush().await?;
+            let mut first = [0u8; 1];
+            if stream.read(&mut first).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ));
+            }
+            Ok(())
+        };
+        after.await.map_err(|e| (e, true))
+    };
+    let Ok(Err((e, handshake_done))) = tokio::time::timeout(TLS_CHECK_TIMEOUT, probe).await else {
+        return Ok(());
+    };
+    let hint = match tls_hint(&e.to_string()) {
+        Some(h) => h,
+        // Dropped right after a good handshake, before any AMQP: with TLS 1.3 that is how a
+        // refused client certificate shows when the alert is lost to the reset.
+        None if handshake_done => {
+            "the server closed the connection right after the TLS handshake; it probably \
+             requires a client certificate it accepts (set TCHU_TLS_CERT_FILE and \
+             TCHU_TLS_KEY_FILE)"
+        }
+        None => return Ok(()),
+    };
+    Err(BrokerError::with_source(
+        format!("TLS connection to {} failed: {hint}", redact(url)),
+        e,
+    ))
+}
+
 /// Opens a connection with auto-recovery and its confirm-mode publish channel.
-async fn open(url: &str, name: &str) -> Result<Inner, BrokerError> {
+async fn open(url: &str, name: &str, tls: &TlsConfig) -> Result<Inner, BrokerError> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(name.to_owned()))
         .enable_auto_recover();
-    let conn = Connection::connect(url, props)
+    let tls = lapin_tls(tls)?;
+    #[cfg(feature = "tls")]
+    check_tls(url, &tls).await?;
+    let runtime = lapin::runtime::default_runtime().map_err(err("no async runtime"))?;
+    let conn = Connection::connect_with_config(url, props, tls, runtime)
         .await
-        .map_err(err("cannot connect to the broker"))?;
+        .map_err(|e| connect_error(url, e))?;
     let publish = conn
         .create_channel()
         .await

@@ -999,7 +999,7 @@ mod tests {
             } else {
                 assert!(is_celery(&msg), "{name}");
                 // Through the format-neutral seam too.
-                let r = crate::wire::decode(&msg, 1 << 20);
+                let r = crate::wire::decode(&msg, crate::wire::Limits::new(1 << 20, usize::MAX));
                 if name == "rpc_request_prestringified_body" {
                     assert!(r.is_err(), "{name}");
                 } else {
@@ -1301,7 +1301,8 @@ mod tests {
         ] {
             let bytes = serde_json::to_vec(&event).unwrap();
             let msg = encode("order.created", &bytes, "m-1", is_rpc);
-            let d = crate::wire::decode(&msg, 1 << 20).unwrap();
+            let d =
+                crate::wire::decode(&msg, crate::wire::Limits::new(1 << 20, usize::MAX)).unwrap();
             assert_eq!(d.topic, "order.created");
             assert_eq!(d.event, event);
             assert_eq!(d.kind, if is_rpc { Kind::Rpc } else { Kind::Event });

@@ -63,6 +63,14 @@ pub enum DecodeError {
         /// The limit.
         limit: usize,
     },
+    /// More headers than the configured limit.
+    #[error("{count} headers exceed the limit of {limit} headers")]
+    TooManyHeaders {
+        /// How many top-level headers the message has.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A content type other than JSON.
     #[error("unsupported content type `{0}`")]
     ContentType(String),
@@ -82,15 +90,61 @@ pub enum DecodeError {
     },
 }
 
-/// Decodes any received message (Celery v2, Celery v1, or native).
+/// Limits on what [`decode`] accepts (a service takes them from its `Config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest body, in bytes.
+    pub max_body: usize,
+    /// Most top-level headers (a nested table or array counts as one).
+    pub max_headers: usize,
+}
+
+impl Limits {
+    /// The defaults of a service: [`DEFAULT_MAX_BODY`](crate::DEFAULT_MAX_BODY) (16 MiB) and
+    /// [`DEFAULT_MAX_HEADERS`](crate::DEFAULT_MAX_HEADERS) (64).
+    pub const DEFAULT: Limits = Limits {
+        max_body: crate::config::DEFAULT_MAX_BODY,
+        max_headers: crate::config::DEFAULT_MAX_HEADERS,
+    };
+
+    /// No limit (for tools that show whatever arrives).
+    pub const NONE: Limits = Limits {
+        max_body: usize::MAX,
+        max_headers: usize::MAX,
+    };
+
+    /// Limits with these values.
+    pub const fn new(max_body: usize, max_headers: usize) -> Self {
+        Limits {
+            max_body,
+            max_headers,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// Decodes any received message (Celery v2, Celery v1, or native), within `limits`.
 ///
 /// # Errors
 /// A [`DecodeError`] whose text says why; the caller dead-letters the message with it.
-pub fn decode(msg: &Message, max_body: usize) -> Result<Decoded, DecodeError> {
-    if msg.body.len() > max_body {
+pub fn decode(msg: &Message, limits: Limits) -> Result<Decoded, DecodeError> {
+    if msg.body.len() > limits.max_body {
         return Err(DecodeError::TooLarge {
             size: msg.body.len(),
-            limit: max_body,
+            limit: limits.max_body,
+        });
+    }
+    let headers = msg.properties.headers.len();
+    if headers > limits.max_headers {
+        return Err(DecodeError::TooManyHeaders {
+            count: headers,
+            limit: limits.max_headers,
         });
     }
     if let Some(ct) = &msg.properties.content_type {
@@ -161,5 +215,67 @@ pub fn decode_reply(msg: &Message) -> Result<Reply, DecodeError> {
         json::decode_reply(msg)
     } else {
         celery::decode_reply(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::HeaderValue;
+
+    fn native_event(headers: usize) -> Message {
+        let mut m = encode(WireFormat::Native, "a.b", br#"{"x":1}"#, "id-1", false);
+        for i in 0..headers {
+            m.properties
+                .headers
+                .insert(format!("x-extra-{i}"), HeaderValue::Int(0));
+        }
+        m
+    }
+
+    #[test]
+    fn too_many_headers_are_refused_with_a_reason() {
+        let base = native_event(0).properties.headers.len();
+        let at_limit = native_event(Limits::DEFAULT.max_headers - base);
+        assert_eq!(at_limit.properties.headers.len(), 64);
+        assert!(decode(&at_limit, Limits::DEFAULT).is_ok());
+
+        let over = native_event(Limits::DEFAULT.max_headers - base + 1);
+        let err = decode(&over, Limits::DEFAULT).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::TooManyHeaders {
+                count: 65,
+                limit: 64
+            }
+        );
+        assert_eq!(err.to_string(), "65 headers exceed the limit of 64 headers");
+        assert!(decode(&over, Limits::NONE).is_ok());
+        assert!(matches!(
+            decode(&native_event(0), Limits::new(usize::MAX, base - 1)),
+            Err(DecodeError::TooManyHeaders { .. })
+        ));
+    }
+
+    #[test]
+    fn the_body_limit_still_applies() {
+        let m = native_event(0);
+        let limits = Limits::new(m.body.len() - 1, 64);
+        assert!(matches!(
+            decode(&m, limits),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert_eq!(Limits::default(), Limits::DEFAULT);
+    }
+
+    #[test]
+    fn celery_messages_are_far_below_the_default_header_limit() {
+        let m = encode(WireFormat::Celery, "a.b", br#"{"x":1}"#, "id-1", true);
+        assert!(
+            m.properties.headers.len() <= 32,
+            "{}",
+            m.properties.headers.len()
+        );
+        assert!(decode(&m, Limits::DEFAULT).is_ok());
     }
 }
