@@ -159,6 +159,9 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
             }
         }
     }
+    if sides.is_empty() {
+        println!("no side left to run");
+    }
     // The tchu-tchu side's workloads in this run, in order.
     let tt: Vec<&str> = tchutchu::WORKLOADS
         .into_iter()

@@ -390,6 +390,11 @@ fn panel(
         .flat_map(|(k, _)| sides.iter().filter_map(move |s| value(k, *s)))
         .filter(|v| v.is_finite() && *v > 0.0)
         .collect();
+    if vals.is_empty() {
+        // Nothing measured here (e.g. --sides tchu-tchu without a venv): no axes to draw.
+        area.titled(&format!("{title}: nothing measured"), ("sans-serif", 18))?;
+        return Ok(());
+    }
     let max = vals.iter().copied().fold(0.0, f64::max).max(1e-3);
     let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
     #[allow(clippy::cast_precision_loss)]
