@@ -178,6 +178,8 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
     std::fs::create_dir_all(&out)?;
     println!("sizes: {sizes:?}");
     println!("broker: {}", tchu::config::redact(&common::broker_url()));
+    let load_before = loadavg();
+    println!("load average: {load_before}");
     let mut samples = Samples::new();
     let mut failures: Vec<String> = Vec::new();
     let started = Instant::now();
@@ -253,8 +255,11 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
     }
     println!("\n{table}");
     println!("total time: {:.0} s", total.as_secs_f64());
+    let load_after = loadavg();
+    println!("load average: {load_after}");
     let mut md = format!(
-        "Sizes: {sizes:?}\n\nTotal harness time: {:.0} s\n\n{table}",
+        "Sizes: {sizes:?}\n\nTotal harness time: {:.0} s\n\n\
+         Load average (/proc/loadavg) before: {load_before}; after: {load_after}\n\n{table}",
         total.as_secs_f64()
     );
     md.push_str("\nRaw samples (one per run, in run order):\n\n```\n");
@@ -278,4 +283,12 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
         svg.display()
     );
     Ok(())
+}
+
+/// The first three fields of /proc/loadavg (other jobs on the machine skew the figures).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }
