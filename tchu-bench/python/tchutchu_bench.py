@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -406,7 +407,7 @@ def run(a):
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(a.timeout)
-    metrics, info = {}, {}
+    metrics, info, out = {}, {}, None
     tmp = tempfile.mkdtemp(prefix="tchutchu-bench-")
     worker = Worker(a, tmp)
     app = None
@@ -424,7 +425,8 @@ def run(a):
             WORKLOADS[w](a, worker, client, metrics, info)
         out = {"ok": True, "metrics": metrics, "info": info}
     except Exception as e:
-        out = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        # The worker's log and the events file stay in tmp for a look.
+        out = {"ok": False, "error": f"{type(e).__name__}: {e} (files in {tmp})"}
     finally:
         signal.alarm(0)
         worker.stop()
@@ -438,6 +440,8 @@ def run(a):
                     [queue_name(a.prefix), *sorted(reply_queues | worker.reply_queues())])  # fmt: skip
         except Exception as e:
             print(f"tchutchu_bench: cleanup failed: {e}", file=sys.stderr)
+        if out is not None and out["ok"]:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, sort_keys=True), flush=True)
     return 0 if out["ok"] else 1
 
