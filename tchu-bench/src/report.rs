@@ -207,13 +207,165 @@ pub(crate) fn table(samples: &Samples) -> String {
     out
 }
 
-const SIDES: [Side; 3] = [Side::Raw, Side::Celery, Side::Native];
+/// A row of the tchu vs tchu-tchu table.
+#[derive(Debug)]
+struct VsRow {
+    /// tchu's row key (Celery format).
+    tchu: &'static str,
+    /// tchu-tchu's row key.
+    tt: &'static str,
+    workload: &'static str,
+    metric: &'static str,
+    /// Throughput (advantage = tchu / tchu-tchu) or a cost (advantage = tchu-tchu / tchu).
+    higher_better: bool,
+    /// The issue's target on the advantage.
+    target: Option<f64>,
+}
+
+const VS_ROWS: &[VsRow] = &[
+    VsRow {
+        tchu: "e2e",
+        tt: "e2e",
+        workload: "2 end-to-end, 1 service",
+        metric: "events/s",
+        higher_better: true,
+        target: Some(30.0),
+    },
+    VsRow {
+        tchu: "publish_conc",
+        tt: "py_publish",
+        workload: "publish (tchu: workload 1, 64 tasks, confirms; tchu-tchu: in workload 2, 1 thread, no confirms)",
+        metric: "events/s",
+        higher_better: true,
+        target: None,
+    },
+    VsRow {
+        tchu: "paced_p50",
+        tt: "paced_p50",
+        workload: "3 paced (tchu 1,000/s; tchu-tchu lower rate)",
+        metric: "p50 ms",
+        higher_better: false,
+        target: None,
+    },
+    VsRow {
+        tchu: "paced_p95",
+        tt: "paced_p95",
+        workload: "3 paced (tchu 1,000/s; tchu-tchu lower rate)",
+        metric: "p95 ms",
+        higher_better: false,
+        target: None,
+    },
+    VsRow {
+        tchu: "paced_p99",
+        tt: "paced_p99",
+        workload: "3 paced (tchu 1,000/s; tchu-tchu lower rate)",
+        metric: "p99 ms",
+        higher_better: false,
+        target: None,
+    },
+    VsRow {
+        tchu: "rpc_p50",
+        tt: "rpc_p50",
+        workload: "4 RPC sequential",
+        metric: "p50 ms",
+        higher_better: false,
+        target: None,
+    },
+    VsRow {
+        tchu: "rpc_p95",
+        tt: "rpc_p95",
+        workload: "4 RPC sequential",
+        metric: "p95 ms",
+        higher_better: false,
+        target: None,
+    },
+    VsRow {
+        tchu: "rpc_p99",
+        tt: "rpc_p99",
+        workload: "4 RPC sequential",
+        metric: "p99 ms",
+        higher_better: false,
+        target: None,
+    },
+    VsRow {
+        tchu: "rpc_seq",
+        tt: "rpc_seq",
+        workload: "4 RPC sequential",
+        metric: "calls/s",
+        higher_better: true,
+        target: Some(5.0),
+    },
+    VsRow {
+        tchu: "rpc_conc",
+        tt: "rpc_conc",
+        workload: "4 RPC concurrent (tchu 16 tasks, tchu-tchu threads)",
+        metric: "calls/s",
+        higher_better: true,
+        target: None,
+    },
+    VsRow {
+        tchu: "rss_idle",
+        tt: "rss_idle",
+        workload: "6 memory, idle service (tchu-tchu: sum over the worker's 3 processes)",
+        metric: "RSS MB",
+        higher_better: false,
+        target: None,
+    },
+    VsRow {
+        tchu: "rss_peak",
+        tt: "rss_peak",
+        workload: "6 memory, peak under workload 2 (tchu: VmHWM; tchu-tchu: largest sum of VmRSS, sampled every 50 ms)",
+        metric: "MB",
+        higher_better: false,
+        target: None,
+    },
+];
+
+/// tchu (Celery format) against tchu-tchu: medians and how many times better tchu is.
+pub(crate) fn versus_table(samples: &Samples) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| workload | metric | tchu Celery | tchu-tchu | tchu better by | target |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for row in VS_ROWS {
+        let t = cell(samples, row.tchu, Side::Celery);
+        let p = cell(samples, row.tt, Side::TchuTchu);
+        if p.is_none() {
+            continue;
+        }
+        let adv = match (&t, &p) {
+            (Some((t, _)), Some((p, _))) => Some(if row.higher_better { t / p } else { p / t }),
+            _ => None,
+        };
+        let targ = match (row.target, adv) {
+            (Some(x), Some(a)) => format!("≥ {x}×: {}", if a >= x { "met" } else { "NOT met" }),
+            (Some(x), None) => format!("≥ {x}×"),
+            _ => String::new(),
+        };
+        let show = |x: &Option<(f64, String)>| x.as_ref().map_or("–".to_owned(), |c| c.1.clone());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.workload,
+            row.metric,
+            show(&t),
+            show(&p),
+            adv.map_or("–".to_owned(), |a| format!("{a:.1}×")),
+            targ
+        );
+    }
+    out
+}
+
+const SIDES: [Side; 4] = [Side::Raw, Side::Celery, Side::Native, Side::TchuTchu];
 
 fn side_color(s: Side) -> RGBColor {
     match s {
         Side::Raw => RGBColor(90, 90, 90),
         Side::Celery => RGBColor(214, 96, 77),
         Side::Native => RGBColor(67, 147, 195),
+        Side::TchuTchu => RGBColor(120, 170, 90),
     }
 }
 
@@ -228,11 +380,21 @@ fn panel(
     log: bool,
 ) -> Res<()> {
     let value = |k: &'static str, s: Side| samples.get(&(k, s)).map(|v| median(v) * scale);
+    // Only the sides measured in this panel (bars and legend).
+    let sides: Vec<Side> = SIDES
+        .into_iter()
+        .filter(|s| groups.iter().any(|(k, _)| value(k, *s).is_some()))
+        .collect();
     let vals: Vec<f64> = groups
         .iter()
-        .flat_map(|(k, _)| SIDES.iter().filter_map(move |s| value(k, *s)))
+        .flat_map(|(k, _)| sides.iter().filter_map(move |s| value(k, *s)))
         .filter(|v| v.is_finite() && *v > 0.0)
         .collect();
+    if vals.is_empty() {
+        // Nothing measured here (e.g. --sides tchu-tchu without a venv): no axes to draw.
+        area.titled(&format!("{title}: nothing measured"), ("sans-serif", 18))?;
+        return Ok(());
+    }
     let max = vals.iter().copied().fold(0.0, f64::max).max(1e-3);
     let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
     #[allow(clippy::cast_precision_loss)]
@@ -243,7 +405,8 @@ fn panel(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60);
-    let bar_w = 0.8 / SIDES.len() as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let bar_w = 0.8 / sides.len().max(1) as f64;
     let labels = |chart_y: f64| -> Vec<(f64, f64, &str)> {
         groups
             .iter()
@@ -265,7 +428,7 @@ fn panel(
             .x_labels(0)
             .y_desc(y_desc)
             .draw()?;
-        for (si, side) in SIDES.iter().enumerate() {
+        for (si, side) in sides.iter().enumerate() {
             let bars: Vec<Rectangle<(f64, f64)>> = groups
                 .iter()
                 .enumerate()
@@ -307,7 +470,7 @@ fn panel(
             .x_labels(0)
             .y_desc(y_desc)
             .draw()?;
-        for (si, side) in SIDES.iter().enumerate() {
+        for (si, side) in sides.iter().enumerate() {
             let bars: Vec<Rectangle<(f64, f64)>> = groups
                 .iter()
                 .enumerate()

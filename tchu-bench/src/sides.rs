@@ -17,6 +17,9 @@ pub(crate) enum Side {
     Celery,
     /// tchu, native wire format.
     Native,
+    /// The Python library tchu-tchu with Celery workers (run by `tchutchu`, never by the Rust
+    /// workloads; treated as tchu Celery if it ever reached them).
+    TchuTchu,
 }
 
 impl Side {
@@ -25,11 +28,12 @@ impl Side {
             Side::Raw => "raw",
             Side::Celery => "tchu-celery",
             Side::Native => "tchu-native",
+            Side::TchuTchu => "tchu-tchu",
         }
     }
 
     pub(crate) fn parse(s: &str) -> Option<Side> {
-        [Side::Raw, Side::Celery, Side::Native]
+        [Side::Raw, Side::Celery, Side::Native, Side::TchuTchu]
             .into_iter()
             .find(|x| x.label() == s)
     }
@@ -37,7 +41,7 @@ impl Side {
     fn format(self) -> WireFormat {
         match self {
             Side::Native => WireFormat::Native,
-            Side::Raw | Side::Celery => WireFormat::Celery,
+            Side::Raw | Side::Celery | Side::TchuTchu => WireFormat::Celery,
         }
     }
 }
@@ -76,7 +80,7 @@ impl Publisher {
             Side::Raw => Publisher::Raw(Box::new(
                 raw::Publisher::connect(&broker_url(), exchange).await?,
             )),
-            Side::Celery | Side::Native => {
+            Side::Celery | Side::Native | Side::TchuTchu => {
                 Publisher::Tchu(Client::connect(config(side, exchange)?).await?)
             }
         }))
@@ -128,7 +132,7 @@ impl Service {
                 )
                 .await?,
             ),
-            Side::Celery | Side::Native => {
+            Side::Celery | Side::Native | Side::TchuTchu => {
                 let app = App::new(config(side, &names.exchange)?)
                     .service(queue)
                     .only_module("none")
@@ -173,7 +177,7 @@ impl Responder {
                 raw::Responder::start(&broker_url(), &names.exchange, &queue, pattern, PREFETCH)
                     .await?,
             ),
-            Side::Celery | Side::Native => {
+            Side::Celery | Side::Native | Side::TchuTchu => {
                 let app = App::new(config(side, &names.exchange)?)
                     .service(queue)
                     .only_module("none")
@@ -211,7 +215,7 @@ impl Caller {
             Side::Raw => Caller::Raw(Box::new(
                 raw::Caller::connect(&broker_url(), exchange).await?,
             )),
-            Side::Celery | Side::Native => {
+            Side::Celery | Side::Native | Side::TchuTchu => {
                 Caller::Tchu(Client::connect(config(side, exchange)?).await?)
             }
         }))

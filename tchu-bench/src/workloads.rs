@@ -27,6 +27,18 @@ pub(crate) struct Sizes {
     pub(crate) rpc_conc: usize,
     pub(crate) fanout: usize,
     pub(crate) peak: usize,
+    /// tchu-tchu side (see `tchutchu`): events of workload 2 (the worker's peak memory too).
+    pub(crate) tt_e2e: usize,
+    pub(crate) tt_paced_rate: u64,
+    pub(crate) tt_paced_ms: u64,
+    pub(crate) tt_rpc_seq: usize,
+    pub(crate) tt_rpc_conc: usize,
+    /// Python threads calling at once.
+    pub(crate) tt_callers: usize,
+    /// How long the worker idles before its idle memory is read.
+    pub(crate) tt_idle_ms: u64,
+    /// One driver run (one worker) for all of this side's workloads, instead of one each.
+    pub(crate) tt_combined: bool,
 }
 
 impl Sizes {
@@ -41,6 +53,14 @@ impl Sizes {
         rpc_conc: 20_000,
         fanout: 20_000,
         peak: 100_000,
+        tt_e2e: 5_000,
+        tt_paced_rate: 200,
+        tt_paced_ms: 10_000,
+        tt_rpc_seq: 500,
+        tt_rpc_conc: 500,
+        tt_callers: 8,
+        tt_idle_ms: 2_000,
+        tt_combined: false,
     };
 
     pub(crate) const SMOKE: Sizes = Sizes {
@@ -54,6 +74,14 @@ impl Sizes {
         rpc_conc: 500,
         fanout: 500,
         peak: 2_000,
+        tt_e2e: 200,
+        tt_paced_rate: 50,
+        tt_paced_ms: 1_000,
+        tt_rpc_seq: 30,
+        tt_rpc_conc: 40,
+        tt_callers: 4,
+        tt_idle_ms: 500,
+        tt_combined: true,
     };
 }
 
