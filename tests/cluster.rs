@@ -356,47 +356,14 @@ impl Cluster {
             servers: Vec::new(),
         };
         for (i, port) in AMQP_PORTS.iter().enumerate() {
-            let d = dir.join(format!("n{}", i + 1));
-            std::fs::create_dir_all(d.join("mnesia")).expect("mkdir");
-            std::fs::create_dir_all(d.join("log")).expect("mkdir");
-            std::fs::write(d.join("plugins"), "[].\n").expect("plugins file");
             // Our own config file: the machine's one pins the listener to 5672.
-            std::fs::write(
-                d.join("rabbitmq.conf"),
-                format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
-            )
-            .expect("config file");
+            let config = format!("listeners.tcp.1 = 127.0.0.1:{port}\n");
+            common::prepare_node_dir(&dir.join(format!("n{}", i + 1)), &config);
         }
-        let chown = Command::new("chown")
-            .args(["-R", "rabbitmq:rabbitmq"])
-            .arg(&dir)
-            .status()
-            .expect("chown");
-        assert!(chown.success(), "chown of {dir:?} to rabbitmq failed");
+        common::chown_to_rabbitmq(&dir);
         for i in 0..3 {
             let d = dir.join(format!("n{}", i + 1));
-            let log = std::fs::File::create(d.join("server.out")).expect("server log");
-            let child = Command::new("su")
-                .args([
-                    "rabbitmq",
-                    "-s",
-                    "/bin/sh",
-                    "-c",
-                    "exec /usr/lib/rabbitmq/bin/rabbitmq-server",
-                ])
-                .env("RABBITMQ_NODENAME", NODES[i])
-                .env("RABBITMQ_NODE_PORT", AMQP_PORTS[i].to_string())
-                .env("RABBITMQ_DIST_PORT", DIST_PORTS[i].to_string())
-                .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
-                .env("RABBITMQ_LOG_BASE", d.join("log"))
-                .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("plugins"))
-                .env("RABBITMQ_PID_FILE", d.join("pid"))
-                .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log handle"))
-                .stderr(log)
-                .spawn()
-                .expect("start rabbitmq-server");
+            let child = common::spawn_rabbit_node(NODES[i], &d, AMQP_PORTS[i], DIST_PORTS[i]);
             cluster.servers.push(child);
         }
         for node in NODES {

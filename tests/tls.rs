@@ -174,9 +174,7 @@ impl TlsNode {
             server: None,
             wrong: None,
         };
-        std::fs::create_dir_all(dir.join("mnesia")).expect("mkdir");
-        std::fs::create_dir_all(dir.join("log")).expect("mkdir");
-        std::fs::write(dir.join("plugins"), "[].\n").expect("plugins file");
+        common::prepare_node_dir(&dir, &node_config(&dir, false));
 
         let t = Instant::now();
         run(
@@ -209,38 +207,8 @@ impl TlsNode {
         leaf(&dir, "wrong", "wrong.example", "serverAuth");
         eprintln!("tls: certificates made in {:?}", t.elapsed());
 
-        std::fs::write(dir.join("rabbitmq.conf"), node_config(&dir, false)).expect("config");
-        let chown = Command::new("chown")
-            .args(["-R", "rabbitmq:rabbitmq"])
-            .arg(&dir)
-            .status()
-            .expect("chown");
-        assert!(chown.success(), "chown of {dir:?} to rabbitmq failed");
-
-        let log = std::fs::File::create(dir.join("server.out")).expect("server log");
-        node.server = Some(
-            Command::new("su")
-                .args([
-                    "rabbitmq",
-                    "-s",
-                    "/bin/sh",
-                    "-c",
-                    "exec /usr/lib/rabbitmq/bin/rabbitmq-server",
-                ])
-                .env("RABBITMQ_NODENAME", NODE)
-                .env("RABBITMQ_NODE_PORT", PLAIN_PORT.to_string())
-                .env("RABBITMQ_DIST_PORT", DIST_PORT.to_string())
-                .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-                .env("RABBITMQ_LOG_BASE", dir.join("log"))
-                .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("plugins"))
-                .env("RABBITMQ_PID_FILE", dir.join("pid"))
-                .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log handle"))
-                .stderr(log)
-                .spawn()
-                .expect("start rabbitmq-server"),
-        );
+        common::chown_to_rabbitmq(&dir);
+        node.server = Some(common::spawn_rabbit_node(NODE, &dir, PLAIN_PORT, DIST_PORT));
         let wrong_log = std::fs::File::create(dir.join("s_server.out")).expect("s_server log");
         node.wrong = Some(
             Command::new("openssl")

@@ -209,3 +209,56 @@ pub async fn publish_load(
         gave_up,
     }
 }
+
+/// Lays out `dir` for an extra RabbitMQ node beside the machine's broker: `mnesia/`, `log/`,
+/// an empty plugins file, and `rabbitmq.conf` with `config` (the machine's own config pins the
+/// listener to 5672, so every extra node needs its own).
+pub fn prepare_node_dir(dir: &std::path::Path, config: &str) {
+    std::fs::create_dir_all(dir.join("mnesia")).expect("mkdir mnesia");
+    std::fs::create_dir_all(dir.join("log")).expect("mkdir log");
+    std::fs::write(dir.join("plugins"), "[].\n").expect("plugins file");
+    std::fs::write(dir.join("rabbitmq.conf"), config).expect("config file");
+}
+
+/// Gives `dir` to the `rabbitmq` user: the server drops to it and exits silently otherwise.
+pub fn chown_to_rabbitmq(dir: &std::path::Path) {
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "rabbitmq:rabbitmq"])
+        .arg(dir)
+        .status()
+        .expect("chown");
+    assert!(chown.success(), "chown of {dir:?} to rabbitmq failed");
+}
+
+/// Starts `rabbitmq-server` as the `rabbitmq` user for the extra node `node` whose files
+/// [`prepare_node_dir`] laid out in `dir`; its output goes to `dir/server.out`.
+pub fn spawn_rabbit_node(
+    node: &str,
+    dir: &std::path::Path,
+    amqp_port: u16,
+    dist_port: u16,
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let log = std::fs::File::create(dir.join("server.out")).expect("server log");
+    Command::new("su")
+        .args([
+            "rabbitmq",
+            "-s",
+            "/bin/sh",
+            "-c",
+            "exec /usr/lib/rabbitmq/bin/rabbitmq-server",
+        ])
+        .env("RABBITMQ_NODENAME", node)
+        .env("RABBITMQ_NODE_PORT", amqp_port.to_string())
+        .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+        .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", dir.join("log"))
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("plugins"))
+        .env("RABBITMQ_PID_FILE", dir.join("pid"))
+        .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("start rabbitmq-server")
+}
