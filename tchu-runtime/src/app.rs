@@ -574,7 +574,7 @@ async fn consume_loop(
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut inflight = JoinSet::new();
     let broker = dispatcher.client.broker().clone();
-    let batched = !matches!(broker, Broker::Memory(_));
+    let batched = true; // both brokers acknowledge with `multiple`
     let (mut settler, mut settler_task) = Settler::start(batched);
     // lapin's recovery may never complete: a connection down for longer than this is replaced.
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
@@ -610,12 +610,10 @@ async fn consume_loop(
         };
         match next {
             Some(Ok(d)) => {
-                let disp = Arc::clone(&dispatcher);
-                let seq = settler.next_seq();
-                let settle = settler.handle();
+                // The acker stays here, in the delivery's settle guard (see `dispatch`).
+                let work = dispatcher.accept(d, &mut settler);
                 inflight.spawn(async move {
-                    let (how, acker) = disp.handle(d).await;
-                    settle.settle(seq, how, acker);
+                    work.await;
                     drop(permit);
                 });
             }
@@ -648,7 +646,9 @@ async fn consume_loop(
                 down_since = None;
             }
         }
-        while inflight.try_join_next().is_some() {}
+        while let Some(done) = inflight.try_join_next() {
+            crate::dispatch::log_task_end(done);
+        }
     }
     consuming.store(false, Ordering::Relaxed);
     let drain = async { while inflight.join_next().await.is_some() {} };
@@ -657,6 +657,8 @@ async fn consume_loop(
             "in-flight handlers did not finish within the grace period; their deliveries return to the queue"
         );
         inflight.abort_all();
+        // Each aborted delivery's guard requeues it as its task is dropped.
+        while inflight.join_next().await.is_some() {}
     }
     // Let the settler send the last acks before the channel closes.
     drop(settler);

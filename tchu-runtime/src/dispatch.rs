@@ -5,6 +5,7 @@
 //! nothing is lost; a panic in a handler is a failure like any other.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,8 +16,8 @@ use futures_util::future::join_all;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
-use crate::ack::Settle;
-use crate::broker::{Acker, Broker, Confirm, InboundDelivery, QueueSpec, QueueType};
+use crate::ack::{Settle, Settler};
+use crate::broker::{Broker, Confirm, InboundDelivery, QueueSpec, QueueType};
 use crate::client::Client;
 use crate::error::BrokerError;
 use crate::handler::{Delivery, Failure, Meta, RejectionKind, StateMap};
@@ -138,38 +139,44 @@ impl Dispatcher {
         self.client.broker()
     }
 
-    /// Processes and settles one delivery. Never panics; a settle failure is logged (the
-    /// broker redelivers an unsettled message).
-    pub(crate) async fn handle(&self, d: InboundDelivery) -> (Settle, Acker) {
+    /// Takes one delivery where it is received: its acker goes into a settle guard at once,
+    /// so that whatever happens to the returned future (it finishes, panics, or is dropped at
+    /// shutdown) the delivery is settled: by its verdict, or requeued by the guard.
+    pub(crate) fn accept(
+        self: &Arc<Self>,
+        d: InboundDelivery,
+        settler: &mut Settler,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let guard = settler.guard(d.acker);
+        let me = Arc::clone(self);
+        let (message, redelivered) = (d.message, d.redelivered);
+        async move {
+            let settle = me.handle(message, redelivered).await;
+            guard.settle(settle);
+        }
+    }
+
+    /// Processes one delivery and says how to settle it. Never panics.
+    async fn handle(&self, message: Message, redelivered: bool) -> Settle {
         let span = tracing::info_span!(
             "tchu.delivery",
             topic = Empty,
             message_id = Empty,
-            redelivered = d.redelivered,
+            redelivered = redelivered,
             attempt = Empty,
             format = Empty,
             trace_id = Empty,
             span_id = Empty,
             parent_span_id = Empty,
         );
-        self.handle_in_span(d).instrument(span).await
-    }
-
-    async fn handle_in_span(&self, d: InboundDelivery) -> (Settle, Acker) {
         bump(&self.stats.received);
-        let InboundDelivery {
-            message,
-            redelivered,
-            acker,
-        } = d;
-        let settle = match self.process(message, redelivered).await {
+        match self.process(message, redelivered).instrument(span).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "could not forward a failed delivery; requeueing it");
                 Settle::Requeue
             }
-        };
-        (settle, acker)
+        }
     }
 
     async fn process(
@@ -584,6 +591,17 @@ async fn run_handler(
     span.record("outcome", if outcome.is_ok() { "ok" } else { "failed" });
     telemetry::handled(&e.id, outcome.is_ok(), started.elapsed());
     outcome
+}
+
+/// Logs how a delivery's task ended: a panic there (outside the handlers' own boundary) is a
+/// bug in tchu; its guard requeued the delivery.
+pub(crate) fn log_task_end(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r
+        && e.is_panic()
+    {
+        let text = panic_text(e.into_panic().as_ref());
+        tracing::error!(panic = %text, "a delivery task panicked; its delivery was requeued");
+    }
 }
 
 fn format_name(f: wire::WireFormat) -> &'static str {
