@@ -17,6 +17,7 @@ const KEYS: &[&str] = &[
     "delay",
     "max_delay",
     "jitter",
+    "timeout",
     "crate",
 ];
 
@@ -53,6 +54,8 @@ struct SubscribeArgs {
     name: Option<LitStr>,
     id: Option<LitStr>,
     retry: Retry,
+    /// `timeout = "30s"`, in milliseconds.
+    timeout: Option<u64>,
     krate: CratePath,
 }
 
@@ -136,6 +139,14 @@ fn parse_args(attr: TokenStream, errors: &mut Errors) -> SubscribeArgs {
                         let ms = parse_duration(&l)?;
                         args.retry.delay = Some(ms);
                         delay_lit = Some(l);
+                        Ok(())
+                    }),
+                    "timeout" => lit_str(&key, value).and_then(|l| {
+                        let ms = parse_duration(&l)?;
+                        if ms == 0 {
+                            return Err(syn::Error::new(l.span(), "`timeout` must be positive"));
+                        }
+                        args.timeout = Some(ms);
                         Ok(())
                     }),
                     "max_delay" => lit_str(&key, value).and_then(|l| {
@@ -335,6 +346,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         }
     });
 
+    let timeout = args
+        .timeout
+        .map(|ms| quote!(.with_timeout(#p::Duration::from_millis(#ms))));
+
     Ok(quote! {
         #f
 
@@ -354,7 +369,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
 
             #p::inventory::submit! {
-                #p::Subscription::new(#id, #name, #pattern, #wrapper) #retry
+                #p::Subscription::new(#id, #name, #pattern, #wrapper) #retry #timeout
             }
         };
     })

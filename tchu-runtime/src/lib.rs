@@ -37,7 +37,8 @@ pub use client::{
 };
 pub use config::{
     BrokerUrl, ClientCert, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
-    DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS, DEFAULT_PREFETCH, TlsConfig, redact,
+    DEFAULT_EXCHANGE, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS,
+    DEFAULT_PREFETCH, TlsConfig, redact,
 };
 pub use context::Context;
 pub use dead_letter::DeadLetter;

@@ -32,6 +32,8 @@ pub struct Subscription {
     pub handler: HandlerFn,
     /// Per-handler retry settings, if any were given.
     pub retry: Option<RetryPolicy>,
+    /// Per-handler timeout, if one was given (`timeout = "30s"`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Subscription {
@@ -48,12 +50,19 @@ impl Subscription {
             pattern,
             handler,
             retry: None,
+            timeout: None,
         }
     }
 
     /// Sets a retry policy (used by the macro).
     pub const fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// Sets the handler's timeout (used by the macro).
+    pub const fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 }
@@ -189,6 +198,8 @@ pub struct HandlerEntry {
     pub handler: Arc<dyn Fn(Arc<Delivery>) -> BoxFuture + Send + Sync>,
     /// Per-handler retry policy.
     pub retry: Option<RetryPolicy>,
+    /// Per-handler timeout (else the service's).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for HandlerEntry {
@@ -262,6 +273,7 @@ impl Registry {
                     pattern,
                     handler: Arc::new(f),
                     retry: s.retry,
+                    timeout: s.timeout,
                 })
             })
             .collect()
