@@ -1236,6 +1236,74 @@ mod tests {
         assert_eq!(got, [200, 400, 800, 1_600, 25_600, 30_000, 30_000, 30_000]);
     }
 
+    /// A retry copy the broker keeps refusing (its wait queue exists with other arguments, so
+    /// it cannot be declared): the delivery is requeued with a growing delay, not hot-looped,
+    /// and health says degraded; once the queue can be declared, the retry goes through and
+    /// health recovers.
+    #[tokio::test]
+    async fn refused_retry_copies_back_off_degrade_health_and_recover() {
+        use crate::broker::memory::MemoryBroker;
+        let broker = MemoryBroker::new();
+        let wait_queue = crate::retry::wait_queue_name("deg", 100);
+        broker
+            .declare_queue(&QueueSpec::durable(&wait_queue, QueueType::Classic))
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let r = crate::app::App::new(crate::config::Config::memory(&broker))
+            .service("deg")
+            .only_module("none")
+            .retry(RetryPolicy {
+                delay: Duration::from_millis(100),
+                ..NO_JITTER
+            })
+            .subscribe("job.x", "x", move |d: Arc<Delivery>| {
+                let attempt = d.meta.attempt;
+                let _ = tx.send(attempt);
+                async move {
+                    if attempt == 1 {
+                        Err(crate::handler::HandlerError::transient("first try fails"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+        r.client()
+            .publish("job.x", &serde_json::json!({}))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !r.health().degraded {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never degraded"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut runs = 0;
+        while rx.try_recv().is_ok() {
+            runs += 1;
+        }
+        eprintln!("degraded after {:?} and {runs} runs", started.elapsed());
+        assert_eq!(runs, DEGRADED_AFTER, "one run per refusal: no hot loop");
+        assert!(r.health().is_healthy(), "degraded, still serving");
+        broker.delete_queue(&wait_queue).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+            match got {
+                Ok(Some(2)) => break,
+                Ok(Some(_)) => {}
+                other => unreachable!("no retry after recovery: {other:?}"),
+            }
+        }
+        assert!(!r.health().degraded, "recovered");
+        let s = r.shutdown().await;
+        assert_eq!((s.handled, s.retried, s.dead_lettered), (1, 1, 0), "{s:?}");
+    }
+
     #[test]
     fn responders_subscribe_to_the_topic_itself() {
         let entry = |pattern: &str| HandlerEntry {

@@ -382,3 +382,27 @@ impl FromDelivery for crate::client::Client {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn handler_timeouts_parse_or_say_what_is_accepted() {
+        for (text, want) in [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            (" 5m ", Duration::from_secs(300)),
+            ("2h", Duration::from_secs(7_200)),
+        ] {
+            assert_eq!(parse_timeout(text), Ok(want), "{text}");
+        }
+        for bad in ["", "0s", "30", "1.5s", "-1s", "1d", "s", "99999999999999999999h"] {
+            let e = parse_timeout(bad).expect_err(bad);
+            assert!(e.contains(&format!("`{bad}`")) && e.contains("`30s`"), "{e}");
+        }
+        assert_eq!(DEFAULT_HANDLER_TIMEOUT, Duration::from_secs(300));
+        assert!(Failure::TimedOut(Duration::from_secs(1)).is_retryable());
+    }
+}
