@@ -398,9 +398,21 @@ mod tests {
         ] {
             assert_eq!(parse_timeout(text), Ok(want), "{text}");
         }
-        for bad in ["", "0s", "30", "1.5s", "-1s", "1d", "s", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "0s",
+            "30",
+            "1.5s",
+            "-1s",
+            "1d",
+            "s",
+            "99999999999999999999h",
+        ] {
             let e = parse_timeout(bad).expect_err(bad);
-            assert!(e.contains(&format!("`{bad}`")) && e.contains("`30s`"), "{e}");
+            assert!(
+                e.contains(&format!("`{bad}`")) && e.contains("`30s`"),
+                "{e}"
+            );
         }
         assert_eq!(DEFAULT_HANDLER_TIMEOUT, Duration::from_secs(300));
         assert!(Failure::TimedOut(Duration::from_secs(1)).is_retryable());
