@@ -237,3 +237,73 @@ async fn a_run_longer_than_the_service_timeout_is_stopped_and_dead_lettered() {
     assert_eq!((s.timed_out, s.handled), (1, 1), "{s:?}");
     t.shutdown().await;
 }
+
+/// Two apps in one process (#15 "no hidden global between apps"): a handler's
+/// `tchu::publish` (and `event.publish()`) goes through the app that runs it, not through the
+/// process's default client, which the first app started set for good.
+#[tokio::test]
+async fn a_handler_publishes_through_its_own_app() {
+    let first = TestApp::start(
+        App::new(Config::memory(&MemoryBroker::new()))
+            .service("first")
+            .only_module("none")
+            .subscribe("first.ping", "first-ping", |_d: Arc<Delivery>| async {
+                tchu::publish("pong", &serde_json::json!({ "from": "first" })).await?;
+                Ok::<(), tchu::PublishError>(())
+            }),
+    )
+    .await
+    .expect("start first");
+    // Started second: the process default client is the first app's (or an earlier one's).
+    let second = TestApp::start(
+        App::new(Config::memory(&MemoryBroker::new()))
+            .service("second")
+            .only_module("none")
+            .subscribe("second.ping", "second-ping", |_d: Arc<Delivery>| async {
+                tchu::publish("pong", &serde_json::json!({ "from": "second" })).await?;
+                OrderPlaced {
+                    order_id: 2,
+                    user_id: None,
+                }
+                .publish()
+                .await?;
+                Ok::<(), tchu::PublishError>(())
+            }),
+    )
+    .await
+    .expect("start second");
+    second
+        .client()
+        .publish("second.ping", &serde_json::json!({}))
+        .await
+        .expect("publish");
+    first
+        .client()
+        .publish("first.ping", &serde_json::json!({}))
+        .await
+        .expect("publish");
+    let got = second.published_json("pong", 1, WAIT).await.expect("pong");
+    assert_eq!(got[0]["from"], "second");
+    let typed = second
+        .published_json("order.placed", 1, WAIT)
+        .await
+        .expect("typed publish");
+    assert_eq!(typed[0]["order_id"], 2);
+    let got = first.published_json("pong", 1, WAIT).await.expect("pong");
+    assert_eq!(got[0]["from"], "first");
+    // Nothing crossed over: each app's capture holds its own pong only.
+    assert!(
+        second
+            .published_json("pong", 2, Duration::from_millis(200))
+            .await
+            .is_err()
+    );
+    assert!(
+        first
+            .published_json("pong", 2, Duration::from_millis(200))
+            .await
+            .is_err()
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+}
