@@ -167,6 +167,8 @@ pub fn event(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///   `tchu::RetryPolicy::DEFAULT`'s values: `retries = 5`, `backoff = "exponential"` or
 ///   `"fixed"`, `delay = "1s"`, `max_delay = "10m"` (units `ms`, `s`, `m`, `h`), `jitter`
 ///   (or `jitter = false`).
+/// - `timeout = "30s"`: the longest one run may take (default: the service's
+///   `Config::handler_timeout`, 5 min); a run stopped at it is a failure that is retried.
 /// - `crate = "path"`: where `tchu` is, when it is re-exported (default `::tchu`).
 ///
 /// Each argument's type implements `tchu::FromDelivery`: an event type, `serde_json::Value`,
