@@ -1183,7 +1183,7 @@ mod tests {
             ),
             (
                 "rpc: a responder that returns nothing does not answer",
-                vec![run("quote", true, ok(null.clone()))],
+                vec![run("quote", true, ok(null))],
                 true,
                 1,
                 Verdict::Ack,
