@@ -1,6 +1,7 @@
 //! An in-process broker with RabbitMQ's semantics for what tchu uses: topic exchanges,
-//! durable queues, competing consumers with prefetch, acks (also `multiple`) and requeue, basic.get, mandatory
-//! publish returns, dead-lettering (rejects and TTL expiry) and direct reply-to.
+//! durable queues, competing consumers with prefetch, acks (also `multiple`) and requeue,
+//! basic.get, mandatory publish returns, dead-lettering (rejects and TTL expiry) and direct
+//! reply-to.
 //!
 //! All state lives behind one `std::sync::Mutex` shared by the clones of [`MemoryBroker`]; the
 //! lock is never held across an `.await`. Consumers pull from their queue and sleep on a
