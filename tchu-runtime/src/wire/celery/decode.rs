@@ -1,5 +1,7 @@
 //! Recognising and decoding Celery task messages (protocol 2 and 1).
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::{DISPATCH_TASK, HANDLER_TASK_PREFIX, META_KEY, shape};
@@ -125,6 +127,17 @@ fn envelope_v1(msg: &Message) -> Result<Envelope, DecodeError> {
 /// shape, an unknown task name, an event that is not a JSON object, or an `args[0]` string
 /// that is not JSON (all [`DecodeError::Shape`]).
 pub fn decode(msg: &Message) -> Result<Decoded, DecodeError> {
+    if let Some(task) = msg.properties.headers.get("task")
+        && task.as_str() == Some(DISPATCH_TASK)
+        && let Some(decoded) = decode_dispatch_fast(msg)
+    {
+        return decoded;
+    }
+    decode_general(msg)
+}
+
+/// [`decode`] without the fast path for the common `dispatch_event` body.
+pub(super) fn decode_general(msg: &Message) -> Result<Decoded, DecodeError> {
     let env = match msg.properties.headers.get("task") {
         Some(task) => envelope_v2(msg, task)?,
         None => envelope_v1(msg)?,
@@ -180,8 +193,7 @@ fn decode_dispatch(msg: &Message, env: Envelope) -> Result<Decoded, DecodeError>
     };
 
     let event = match body {
-        Value::String(s) => serde_json::from_str::<Value>(&s)
-            .map_err(|e| shape(format!("args[0] is not a JSON document: {e}")))?,
+        Value::String(s) => event_from_str(&s)?,
         obj @ Value::Object(_) => obj,
         _ => {
             return Err(shape(
@@ -189,6 +201,17 @@ fn decode_dispatch(msg: &Message, env: Envelope) -> Result<Decoded, DecodeError>
             ));
         }
     };
+    finish(event, topic, env.id)
+}
+
+/// The event of `args[0]` given as a JSON string.
+fn event_from_str(s: &str) -> Result<Value, DecodeError> {
+    serde_json::from_str::<Value>(s)
+        .map_err(|e| shape(format!("args[0] is not a JSON document: {e}")))
+}
+
+/// The decoded event: `_tchu_meta` taken out and read.
+fn finish(event: Value, topic: String, id: Option<String>) -> Result<Decoded, DecodeError> {
     let Value::Object(mut event) = event else {
         return Err(shape("the event (args[0]) must be a JSON object"));
     };
@@ -202,9 +225,67 @@ fn decode_dispatch(msg: &Message, env: Envelope) -> Result<Decoded, DecodeError>
         topic,
         event: Value::Object(event),
         kind: if is_rpc { Kind::Rpc } else { Kind::Event },
-        message_id: env.id,
+        message_id: id,
         format: WireFormat::Celery,
     })
+}
+
+/// The body of a `dispatch_event` task as `TchuClient` writes it: `[[event], {routing_key},
+/// embed]`, read borrowed (no `Value` tree for the envelope). Anything else is left to the
+/// general path, which then gives the same result or error.
+#[derive(serde::Deserialize)]
+struct FastBody<'a>(
+    #[serde(borrow)] (Cow<'a, str>,),
+    #[serde(borrow)] FastKwargs<'a>,
+    EmbedObject,
+);
+
+#[derive(serde::Deserialize)]
+struct FastKwargs<'a> {
+    #[serde(borrow)]
+    routing_key: Option<Cow<'a, str>>,
+}
+
+/// An `embed` element that is a JSON object (its contents ignored).
+struct EmbedObject;
+
+impl<'de> serde::Deserialize<'de> for EmbedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EmbedObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<EmbedObject, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(EmbedObject)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `decode` of the common `dispatch_event` body; `None` for any other shape.
+pub(super) fn decode_dispatch_fast(msg: &Message) -> Option<Result<Decoded, DecodeError>> {
+    let id = match msg.properties.headers.get("id") {
+        Some(HeaderValue::String(id)) => Some(id.clone()),
+        Some(HeaderValue::Null) | None => msg.properties.correlation_id.clone(),
+        Some(_) => return None,
+    };
+    let FastBody((event,), kwargs, EmbedObject) = serde_json::from_slice(&msg.body).ok()?;
+    let topic = match kwargs.routing_key {
+        Some(k) if !k.is_empty() => k.into_owned(),
+        _ if !msg.routing_key.is_empty() => msg.routing_key.clone(),
+        _ => return None,
+    };
+    Some(event_from_str(&event).and_then(|event| finish(event, topic, id)))
 }
 
 fn decode_internal(msg: &Message, env: Envelope) -> Decoded {

@@ -33,7 +33,10 @@ const NO_EMBED: Embed = Embed {
 /// last key, spliced into the serialized bytes. A body that is not a JSON object is sent as is
 /// (as tchu-tchu does for a pre-serialized body).
 pub(super) fn event_string(event_json: &[u8], is_rpc: bool) -> String {
-    let text = String::from_utf8_lossy(event_json);
+    let text = match std::str::from_utf8(event_json) {
+        Ok(t) => std::borrow::Cow::Borrowed(t),
+        Err(_) => String::from_utf8_lossy(event_json),
+    };
     let trimmed = text.trim_matches([' ', '\t', '\n', '\r']);
     let meta = if is_rpc {
         r#""_tchu_meta": {"is_rpc": true}"#
@@ -46,11 +49,15 @@ pub(super) fn event_string(event_json: &[u8], is_rpc: bool) -> String {
     {
         Some(inner) => {
             let inner = inner.trim_end_matches([' ', '\t', '\n', '\r']);
-            if inner.trim_start().is_empty() {
-                format!("{{{meta}}}")
-            } else {
-                format!("{{{inner}, {meta}}}")
+            let mut out = String::with_capacity(inner.len() + meta.len() + 4);
+            out.push('{');
+            if !inner.trim_start().is_empty() {
+                out.push_str(inner);
+                out.push_str(", ");
             }
+            out.push_str(meta);
+            out.push('}');
+            out
         }
         None => trimmed.to_owned(),
     }
@@ -67,6 +74,34 @@ fn host_origin() -> &'static str {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "rust".to_owned());
         format!("tchu-rs{}@{host}", std::process::id())
+    })
+}
+
+/// The headers that are the same in every task message, built once.
+fn constant_headers() -> &'static Headers {
+    static HEADERS: OnceLock<Headers> = OnceLock::new();
+    HEADERS.get_or_init(|| {
+        let null = || HeaderValue::Null;
+        let mut headers = Headers::new();
+        headers.insert("lang".to_owned(), HeaderValue::from("py"));
+        headers.insert("task".to_owned(), HeaderValue::from(DISPATCH_TASK));
+        headers.insert("shadow".to_owned(), null());
+        headers.insert("eta".to_owned(), null());
+        headers.insert("expires".to_owned(), null());
+        headers.insert("group".to_owned(), null());
+        headers.insert("group_index".to_owned(), null());
+        headers.insert("retries".to_owned(), HeaderValue::Int(0));
+        headers.insert(
+            "timelimit".to_owned(),
+            HeaderValue::Array(vec![null(), null()]),
+        );
+        headers.insert("parent_id".to_owned(), null());
+        headers.insert("origin".to_owned(), HeaderValue::from(host_origin()));
+        headers.insert("ignore_result".to_owned(), null());
+        headers.insert("replaced_task_nesting".to_owned(), HeaderValue::Int(0));
+        headers.insert("stamped_headers".to_owned(), null());
+        headers.insert("stamps".to_owned(), HeaderValue::Table(Headers::new()));
+        headers
     })
 }
 
@@ -93,23 +128,9 @@ pub fn encode(topic: &str, event_json: &[u8], message_id: &str, is_rpc: bool) ->
         NO_EMBED,
     ));
 
-    let null = || HeaderValue::Null;
-    let mut headers = Headers::new();
-    headers.insert("lang".to_owned(), HeaderValue::from("py"));
-    headers.insert("task".to_owned(), HeaderValue::from(DISPATCH_TASK));
+    let mut headers = constant_headers().clone();
     headers.insert("id".to_owned(), HeaderValue::from(message_id));
-    headers.insert("shadow".to_owned(), null());
-    headers.insert("eta".to_owned(), null());
-    headers.insert("expires".to_owned(), null());
-    headers.insert("group".to_owned(), null());
-    headers.insert("group_index".to_owned(), null());
-    headers.insert("retries".to_owned(), HeaderValue::Int(0));
-    headers.insert(
-        "timelimit".to_owned(),
-        HeaderValue::Array(vec![null(), null()]),
-    );
     headers.insert("root_id".to_owned(), HeaderValue::from(message_id));
-    headers.insert("parent_id".to_owned(), null());
     headers.insert(
         "argsrepr".to_owned(),
         HeaderValue::from(truncate_repr(argsrepr)),
@@ -118,11 +139,6 @@ pub fn encode(topic: &str, event_json: &[u8], message_id: &str, is_rpc: bool) ->
         "kwargsrepr".to_owned(),
         HeaderValue::from(truncate_repr(kwargsrepr)),
     );
-    headers.insert("origin".to_owned(), HeaderValue::from(host_origin()));
-    headers.insert("ignore_result".to_owned(), null());
-    headers.insert("replaced_task_nesting".to_owned(), HeaderValue::Int(0));
-    headers.insert("stamped_headers".to_owned(), null());
-    headers.insert("stamps".to_owned(), HeaderValue::Table(Headers::new()));
 
     Message {
         routing_key: topic.to_owned(),

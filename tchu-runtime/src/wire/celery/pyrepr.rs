@@ -55,31 +55,45 @@ pub(super) fn py_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 /// An approximation of Python's `repr` of a `str`.
 pub(super) fn py_repr_str(s: &str, out: &mut String) {
     let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
+        b'"'
     } else {
-        '\''
+        b'\''
     };
-    out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
+    out.reserve(s.len() + 2);
+    out.push(char::from(quote));
+    // Every character escaped is ASCII, so the runs between them are whole UTF-8 sequences.
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: Option<&str> = match b {
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            b'\'' if b == quote => Some("\\'"),
+            b'"' if b == quote => Some("\\\""),
+            b if b < 0x20 || b == 0x7f => None,
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        run = i + 1;
+        match escaped {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\x{b:02x}");
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c => out.push(c),
         }
     }
-    out.push(quote);
+    out.push_str(&s[run..]);
+    out.push(char::from(quote));
 }
 
+/// `s` cut at [`REPR_MAX_CHARS`] characters, with `...` appended when it was cut.
 pub(super) fn truncate_repr(mut s: String) -> String {
+    // A string of at most that many bytes has at most that many characters.
+    if s.len() <= REPR_MAX_CHARS {
+        return s;
+    }
     if let Some((idx, _)) = s.char_indices().nth(REPR_MAX_CHARS) {
         s.truncate(idx);
         s.push_str("...");

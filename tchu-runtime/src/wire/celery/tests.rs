@@ -1,5 +1,6 @@
 //! Tests of the Celery format against the captured tchu-tchu 3.0.4 messages.
 
+use super::decode::{decode_dispatch_fast, decode_general};
 use super::encode::event_string;
 use super::pyrepr::py_repr_str;
 use super::reply::iso8601_utc;
@@ -761,4 +762,44 @@ fn malformed_replies_are_errors() {
         let r = std::panic::catch_unwind(|| decode_reply(&m(body)));
         assert!(matches!(r, Ok(Err(_))), "{what}: {r:?}");
     }
+}
+
+/// The fast path for `dispatch_event` bodies decodes exactly as the general path, and leaves
+/// every other shape to it.
+#[test]
+fn fast_and_general_decode_agree() {
+    let mut msgs: Vec<Message> = FIXTURES
+        .iter()
+        .filter(|(name, _)| !name.contains("reply"))
+        .map(|(name, _)| load(name))
+        .collect();
+    msgs.push(encode("a.b", br#"{"x": 1}"#, "id-1", false));
+    msgs.push(encode("a.b", br#"{}"#, "id-2", true));
+    let bodies: [&[u8]; 9] = [
+        br#"[["{\"x\": 1}"], {"routing_key": "k.x"}, {}]"#,
+        br#"[["{\"x\": 1}"], {"routing_key": null}, {}]"#,
+        br#"[["{\"x\": 1}"], {"routing_key": ""}, {}]"#,
+        br#"[["{\"x\": 1}"], {}, {"callbacks": null}]"#,
+        br#"[["not json"], {"routing_key": "k.x"}, {}]"#,
+        br#"[["[1]"], {"routing_key": "k.x"}, {}]"#,
+        br#"[["{\"_tchu_meta\": 3}"], {"routing_key": "k.x"}, {}]"#,
+        br#"[["{\"x\": 1}"], {"routing_key": 5}, {}]"#,
+        br#"[["{\"x\": 1}"], {"routing_key": "k.x"}, []]"#,
+    ];
+    for body in bodies {
+        let mut m = encode("t.opic", b"{}", "id-3", false);
+        m.body = body.to_vec();
+        msgs.push(m.clone());
+        m.routing_key = String::new();
+        msgs.push(m);
+    }
+    let mut fast = 0;
+    for m in &msgs {
+        if let Some(f) = decode_dispatch_fast(m) {
+            fast += 1;
+            assert_eq!(f, decode_general(m), "{}", String::from_utf8_lossy(&m.body));
+        }
+        assert_eq!(decode(m), decode_general(m));
+    }
+    assert!(fast >= 10, "the fast path took only {fast} messages");
 }
