@@ -1,5 +1,6 @@
 //! Celery result meta: the replies tchu-tchu's dispatcher returns through the `rpc://` backend.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -143,8 +144,22 @@ pub fn is_interim_reply(msg: &Message) -> bool {
     struct Status {
         status: String,
     }
-    serde_json::from_slice::<Status>(&msg.body)
+    // Without any interim state name in the body (and no `\u` escape that could spell one),
+    // the status cannot be one: no parse needed.
+    let body = &msg.body;
+    if !contains(body, b"\\u")
+        && !INTERIM_STATES
+            .iter()
+            .any(|state| contains(body, state.as_bytes()))
+    {
+        return false;
+    }
+    serde_json::from_slice::<Status>(body)
         .is_ok_and(|s| INTERIM_STATES.contains(&s.status.as_str()))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Decodes Celery result meta into a [`Reply`], as `TchuClient.call` reads it.
@@ -169,6 +184,89 @@ pub fn is_interim_reply(msg: &Message) -> bool {
 /// A body that is not JSON, not of that shape, or an interim state (see
 /// [`is_interim_reply`]).
 pub fn decode_reply(msg: &Message) -> Result<Reply, DecodeError> {
+    if let Some(reply) = decode_reply_fast(msg) {
+        return reply;
+    }
+    decode_reply_general(msg)
+}
+
+/// The `SUCCESS` result meta of tchu-tchu's dispatcher, read borrowed: only the handler's
+/// `result` (or `error`) becomes a `Value`. Any other shape is left to the general path,
+/// which then gives the same result or error.
+#[derive(serde::Deserialize)]
+struct FastMeta<'a> {
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow)]
+    result: FastDispatch<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastDispatch<'a> {
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    routing_key: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    results: Vec<FastHandler<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastHandler<'a> {
+    #[serde(borrow, default)]
+    handler: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// [`decode_reply`] of a `SUCCESS` reply of the usual shape; `None` for anything else.
+pub(super) fn decode_reply_fast(msg: &Message) -> Option<Result<Reply, DecodeError>> {
+    let meta: FastMeta<'_> = serde_json::from_slice(&msg.body).ok()?;
+    if meta.status != "SUCCESS" {
+        return None;
+    }
+    let result = meta.result;
+    let routing_key = result.routing_key.as_deref().unwrap_or("unknown");
+    if result.status.as_deref() == Some("no_handlers") {
+        return Some(Ok(Reply::HandlerFailed(format!(
+            "no handler for {routing_key}"
+        ))));
+    }
+    let Some(first) = result.results.into_iter().next() else {
+        return Some(Ok(Reply::HandlerFailed(format!(
+            "no handler result for {routing_key}"
+        ))));
+    };
+    let handler = first.handler.as_deref().unwrap_or("unknown");
+    Some(match first.status.as_deref() {
+        Some("success") => {
+            let value = first.result.unwrap_or(Value::Null);
+            Ok(remote_error(&value).map_or(Reply::Ok(value), Reply::Remote))
+        }
+        Some("error") => {
+            let error = match first.error {
+                Some(Value::String(s)) => s,
+                None | Some(Value::Null) => "Unknown error".to_owned(),
+                Some(other) => other.to_string(),
+            };
+            Ok(match error.strip_prefix(INVALID_PREFIX) {
+                Some(rest) => Reply::Invalid(rest.to_owned()),
+                None => Reply::HandlerFailed(error),
+            })
+        }
+        Some(other) => Ok(Reply::HandlerFailed(format!(
+            "handler `{handler}` did not answer (status `{other}`)"
+        ))),
+        None => Err(reply_shape("`result.results[0].status` must be a string")),
+    })
+}
+
+/// [`decode_reply`] without the fast path.
+pub(super) fn decode_reply_general(msg: &Message) -> Result<Reply, DecodeError> {
     let body: Value =
         serde_json::from_slice(&msg.body).map_err(|e| DecodeError::Json(e.to_string()))?;
     let Value::Object(mut body) = body else {

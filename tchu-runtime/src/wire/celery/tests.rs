@@ -3,7 +3,7 @@
 use super::decode::{decode_dispatch_fast, decode_general};
 use super::encode::event_string;
 use super::pyrepr::py_repr_str;
-use super::reply::iso8601_utc;
+use super::reply::{decode_reply_fast, decode_reply_general, iso8601_utc};
 use super::*;
 use crate::error::RpcError;
 use crate::message::{HeaderValue, Message, Properties};
@@ -802,4 +802,63 @@ fn fast_and_general_decode_agree() {
         assert_eq!(decode(m), decode_general(m));
     }
     assert!(fast >= 10, "the fast path took only {fast} messages");
+}
+
+/// The fast path for `SUCCESS` replies decodes exactly as the general path, and leaves every
+/// other shape to it; the interim check agrees with a full parse.
+#[test]
+fn fast_and_general_reply_decode_agree() {
+    let mut msgs: Vec<Message> = FIXTURES
+        .iter()
+        .filter(|(name, _)| name.contains("reply"))
+        .map(|(name, _)| load(name))
+        .collect();
+    for reply in [
+        Reply::Ok(json!({"a": 1})),
+        Reply::Ok(json!([1, 2])),
+        Reply::Remote(RpcError::new("E", "m")),
+        Reply::HandlerFailed("boom".to_owned()),
+        Reply::Invalid("bad".to_owned()),
+    ] {
+        msgs.push(encode_reply("t.opic", "h", "cid", &reply));
+    }
+    let bodies: [&str; 14] = [
+        r#"{"status": "SUCCESS", "result": {"status": "no_handlers", "routing_key": "k"}, "results": []}"#,
+        r#"{"status": "SUCCESS", "result": {"status": "no_handlers", "results": []}}"#,
+        r#"{"status": "SUCCESS", "result": {"routing_key": "k", "results": []}}"#,
+        r#"{"status": "SUCCESS", "result": {"routing_key": "k", "results": null}}"#,
+        r#"{"status": "SUCCESS", "result": {"routing_key": 3, "results": []}}"#,
+        r#"{"status": "SUCCESS", "result": {"results": [{"status": "dispatched"}]}}"#,
+        r#"{"status": "SUCCESS", "result": {"results": [{"handler": "h", "status": 1}]}}"#,
+        r#"{"status": "SUCCESS", "result": {"results": [{"handler": "h"}]}}"#,
+        r#"{"status": "SUCCESS", "result": {"results": [{"status": "error", "error": 5}]}}"#,
+        r#"{"status": "SUCCESS", "result": {"results": [{"status": "success"}, 7]}}"#,
+        r#"{"status": "SUCCESS", "result": 42}"#,
+        r#"{"status": "STARTED", "result": {"pid": 1}}"#,
+        r#"{"status": "\u0053TARTED", "result": null}"#,
+        r#"{"status": "FAILURE", "result": {"exc_type": "E", "exc_message": ["x"]}}"#,
+    ];
+    for body in bodies {
+        let mut m = encode_reply("t.opic", "h", "cid", &Reply::Ok(json!(1)));
+        m.body = body.as_bytes().to_vec();
+        msgs.push(m);
+    }
+    let mut fast = 0;
+    for m in &msgs {
+        let text = String::from_utf8_lossy(&m.body).into_owned();
+        if let Some(f) = decode_reply_fast(m) {
+            fast += 1;
+            assert_eq!(f, decode_reply_general(m), "{text}");
+        }
+        assert_eq!(decode_reply(m), decode_reply_general(m), "{text}");
+        #[derive(serde::Deserialize)]
+        struct Status {
+            status: String,
+        }
+        let interim = serde_json::from_slice::<Status>(&m.body).is_ok_and(|s| {
+            ["PENDING", "RECEIVED", "STARTED", "RETRY"].contains(&s.status.as_str())
+        });
+        assert_eq!(is_interim_reply(m), interim, "{text}");
+    }
+    assert!(fast >= 12, "the fast path took only {fast} replies");
 }
