@@ -82,6 +82,21 @@ fn config(side: Side, exchange: &str) -> Res<Config> {
     Ok(c)
 }
 
+/// A tchu service on `queue` with the bench's settings and no static handlers.
+fn tchu_app(side: Side, exchange: &str, queue: String) -> Res<App> {
+    Ok(App::new(config(side, exchange)?)
+        .service(queue)
+        .only_module("none")
+        .prefetch(PREFETCH))
+}
+
+/// Stops a tchu service and closes its connection.
+async fn stop_tchu(r: Running) {
+    let c = r.client().clone();
+    r.shutdown().await;
+    c.close().await;
+}
+
 /// Queues a tchu service declares besides its own.
 pub(crate) fn service_queues(queue: &str) -> Vec<String> {
     vec![
@@ -158,17 +173,17 @@ impl Service {
                 .await?,
             ),
             Side::Celery | Side::Native | Side::TchuTchu => {
-                let app = App::new(config(side, &names.exchange)?)
-                    .service(queue)
-                    .only_module("none")
-                    .prefetch(PREFETCH)
-                    .subscribe(pattern, "bench", move |d: Arc<Delivery>| {
+                let app = tchu_app(side, &names.exchange, queue)?.subscribe(
+                    pattern,
+                    "bench",
+                    move |d: Arc<Delivery>| {
                         let c = Arc::clone(&counter);
                         async move {
                             c.hit(&d.event);
                             Ok::<(), Infallible>(())
                         }
-                    });
+                    },
+                );
                 Service::Tchu(app.start().await?)
             }
         })
@@ -178,11 +193,7 @@ impl Service {
     pub(crate) async fn stop(self) {
         match self {
             Service::Raw(s) => s.stop().await,
-            Service::Tchu(r) => {
-                let c = r.client().clone();
-                r.shutdown().await;
-                c.close().await;
-            }
+            Service::Tchu(r) => stop_tchu(r).await,
         }
     }
 }
@@ -204,13 +215,13 @@ impl Responder {
                     .await?,
             ),
             Side::Celery | Side::Native | Side::TchuTchu => {
-                let app = App::new(config(side, &names.exchange)?)
-                    .service(queue)
-                    .only_module("none")
-                    .prefetch(PREFETCH)
-                    .subscribe(pattern, "echo", |d: Arc<Delivery>| async move {
+                let app = tchu_app(side, &names.exchange, queue)?.subscribe(
+                    pattern,
+                    "echo",
+                    |d: Arc<Delivery>| async move {
                         Ok::<_, RpcError>(serde_json::json!({ "echo": d.event.clone() }))
-                    });
+                    },
+                );
                 Responder::Tchu(app.start().await?)
             }
         })
@@ -219,11 +230,7 @@ impl Responder {
     pub(crate) async fn stop(self) {
         match self {
             Responder::Raw(s) => s.stop().await,
-            Responder::Tchu(r) => {
-                let c = r.client().clone();
-                r.shutdown().await;
-                c.close().await;
-            }
+            Responder::Tchu(r) => stop_tchu(r).await,
         }
     }
 }
