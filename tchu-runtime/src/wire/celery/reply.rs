@@ -144,22 +144,28 @@ pub fn is_interim_reply(msg: &Message) -> bool {
     struct Status {
         status: String,
     }
-    // Without any interim state name in the body (and no `\u` escape that could spell one),
-    // the status cannot be one: no parse needed.
-    let body = &msg.body;
-    if !contains(body, b"\\u")
-        && !INTERIM_STATES
-            .iter()
-            .any(|state| contains(body, state.as_bytes()))
-    {
+    // Without any interim state name as a JSON string in the body (and no `\u` escape that
+    // could spell one), the status cannot be one: no parse needed.
+    if !may_be_interim(&msg.body) {
         return false;
     }
-    serde_json::from_slice::<Status>(body)
+    serde_json::from_slice::<Status>(&msg.body)
         .is_ok_and(|s| INTERIM_STATES.contains(&s.status.as_str()))
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether `body` has a string `"<interim state>"` or a `\u` escape anywhere (one pass).
+fn may_be_interim(body: &[u8]) -> bool {
+    body.iter().enumerate().any(|(i, &b)| match b {
+        b'\\' => body.get(i + 1) == Some(&b'u'),
+        b'"' => {
+            let rest = &body[i + 1..];
+            INTERIM_STATES.iter().any(|state| {
+                rest.strip_prefix(state.as_bytes())
+                    .is_some_and(|after| after.first() == Some(&b'"'))
+            })
+        }
+        _ => false,
+    })
 }
 
 /// Decodes Celery result meta into a [`Reply`], as `TchuClient.call` reads it.
@@ -401,10 +407,34 @@ pub(super) fn iso8601_utc(t: SystemTime) -> String {
     let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
     let sod = secs % 86_400;
     let (hh, mm, ss) = (sod / 3600, sod % 3600 / 60, sod % 60);
-    if micros == 0 {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}+00:00")
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{micros:06}+00:00")
+    let (Ok(y @ 0..=9999), Ok(m), Ok(d)) = (u64::try_from(y), u64::try_from(m), u64::try_from(d))
+    else {
+        return if micros == 0 {
+            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}+00:00")
+        } else {
+            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{micros:06}+00:00")
+        };
+    };
+    // The common case without the formatting machinery (one reply per RPC call).
+    let mut out = String::with_capacity(32);
+    push_digits(&mut out, y, 4);
+    for (sep, v) in [('-', m), ('-', d), ('T', hh), (':', mm), (':', ss)] {
+        out.push(sep);
+        push_digits(&mut out, v, 2);
+    }
+    if micros != 0 {
+        out.push('.');
+        push_digits(&mut out, u64::from(micros), 6);
+    }
+    out.push_str("+00:00");
+    out
+}
+
+/// `n` in decimal, zero-padded to `width` digits (`n` must have at most `width` digits).
+fn push_digits(out: &mut String, n: u64, width: u32) {
+    for i in (0..width).rev() {
+        let digit = (n / 10u64.pow(i)) % 10;
+        out.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
     }
 }
 

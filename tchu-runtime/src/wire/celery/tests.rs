@@ -636,6 +636,8 @@ fn dates() {
     );
     assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.000005+00:00");
     assert_eq!(at(4_107_542_399, 0), "2100-02-28T23:59:59+00:00");
+    // Past year 9999 (the general formatting path).
+    assert_eq!(at(253_402_300_800, 7), "10000-01-01T00:00:00.000007+00:00");
 }
 
 /// Broken envelopes: each is an error, none panics.
