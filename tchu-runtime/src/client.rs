@@ -26,7 +26,7 @@ pub struct MessageId(String);
 
 impl MessageId {
     fn new() -> Self {
-        MessageId(uuid::Uuid::new_v4().to_string())
+        MessageId(wire::new_message_id())
     }
 
     /// The string form.
