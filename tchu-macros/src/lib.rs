@@ -12,6 +12,7 @@ mod subscribe;
 
 /// Runs an expansion and, on error, emits the original item followed by the errors, so the
 /// item still exists for the rest of the crate (and for rust-analyzer) while the user fixes it.
+/// (`#[tchu::event]` has its own fallback, which also stands in for the derives it adds.)
 fn expand(
     item: TokenStream,
     f: impl FnOnce(proc_macro2::TokenStream) -> syn::Result<proc_macro2::TokenStream>,
@@ -121,8 +122,7 @@ fn expand(
 /// ```
 #[proc_macro_attribute]
 pub fn event(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let attr = proc_macro2::TokenStream::from(attr);
-    expand(item, |item| event::expand(attr, item))
+    event::expand(attr.into(), item.into()).into()
 }
 
 /// Registers an `async fn` as the handler of a topic pattern or of a typed event.

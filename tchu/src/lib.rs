@@ -47,6 +47,7 @@ pub use tchu_runtime::schemars::JsonSchema;
 #[doc(hidden)]
 pub mod __private {
     pub use core::{future::Future, option::Option, pin::Pin, result::Result, time::Duration};
+    pub use std::borrow::Cow;
     pub use std::boxed::Box;
     pub use std::sync::Arc;
     pub use tchu_runtime::{
