@@ -263,9 +263,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             let ty = &pt.ty;
             let var = format_ident!("__tchu_arg{}", i);
             extracts.push(quote_spanned! {ty.span()=>
-                let #var = match #p::extracted(
-                    <#ty as #p::FromDelivery>::from_delivery(&*__tchu_delivery),
-                ) {
+                let #var = match <#ty as #p::HandlerArg>::extract(&*__tchu_delivery) {
                     #p::Result::Ok(v) => v,
                     #p::Result::Err(e) => return #p::Result::Err(e),
                 };

@@ -66,8 +66,8 @@ pub mod __private {
     pub use crate::client::{call_event, publish_event};
     pub use crate::handler::{extract_event, extracted};
     pub use crate::probe::{
-        ProbeJsonSchema, ProbeNoSchema, ReplyOf, ResultReturn, ReturnsResult, ReturnsValue,
-        SchemaProbe, ValueReturn, check_reply,
+        HandlerArg, ProbeJsonSchema, ProbeNoSchema, ReplyOf, ResultReturn, ReturnsResult,
+        ReturnsValue, SchemaProbe, ValueReturn, check_reply,
     };
     pub use crate::registry::{
         BoxFuture, EventInfo, HandlerEntry, HandlerFn, OptionalSchemaFn, Registry, SchemaFn,

@@ -1,7 +1,8 @@
 //! Compile-time probes that generated code uses to classify a type by its traits, never by how
 //! its name is spelled: whether an RPC response type has a JSON Schema ([`SchemaProbe`]),
 //! whether a handler returns a `Result` or a plain value ([`ReturnsResult`] /
-//! [`ReturnsValue`]), and whether it returns its request's response type ([`check_reply`]).
+//! [`ReturnsValue`]), and whether it returns its request's response type ([`check_reply`]);
+//! plus [`HandlerArg`], the bound each handler argument is checked against.
 //!
 //! The first two use autoref specialisation (dtolnay's "autoref-based specialization", as
 //! anyhow's `kind.rs`): the macro calls a method on a reference, and method resolution picks
@@ -14,6 +15,7 @@ use std::convert::Infallible;
 use std::marker::PhantomData;
 
 use crate::event::Event;
+use crate::handler::{Delivery, Failure, FromDelivery, extracted};
 
 /// Autoref specialization for the optional response schema: `(&&SchemaProbe::<T>::new())
 /// .response_schema(g)` is `Some` when `T: JsonSchema` ([`ProbeJsonSchema`]) and `None`
@@ -133,6 +135,33 @@ where
     Req: Event,
     T: ReplyOf<Req, <Req as Event>::Response>,
 {
+}
+
+/// What the generated wrapper calls to build each handler argument: [`FromDelivery`], with a
+/// refusal as a [`Failure`]. Its own `on_unimplemented` and the `do_not_recommend` on the one
+/// impl make a wrong argument type report tchu's message alone, not a list of every
+/// `FromDelivery` impl in the workspace (which changes whenever one is added).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a tchu handler argument",
+    label = "not a handler argument",
+    note = "handler arguments are a `#[tchu::event]` type, `serde_json::Value`, `tchu::Meta`, \
+            `tchu::State<T>`, `tchu::Context<T>`, `tchu::Client`, or a type implementing \
+            `tchu::FromDelivery`"
+)]
+pub trait HandlerArg: Sized {
+    /// Builds the argument.
+    ///
+    /// # Errors
+    /// The extractor's refusal, as [`Failure::Rejected`].
+    fn extract(delivery: &Delivery) -> Result<Self, Failure>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: FromDelivery> HandlerArg for T {
+    #[inline(always)]
+    fn extract(delivery: &Delivery) -> Result<Self, Failure> {
+        extracted(T::from_delivery(delivery))
+    }
 }
 
 #[cfg(test)]

@@ -51,16 +51,17 @@ pub mod __private {
     pub use std::boxed::Box;
     pub use std::sync::Arc;
     pub use tchu_runtime::__private::{
-        BoxFuture, EventInfo, HandlerFn, ProbeJsonSchema, ProbeNoSchema, ReplyOf, ReturnsResult,
-        ReturnsValue, SchemaProbe, call_event, check_pattern, check_reply, check_topic,
-        extract_event, extracted, inventory, object_schema, publish_event, schema_of, serde,
-        serde_json,
+        BoxFuture, EventInfo, HandlerArg, HandlerFn, ProbeJsonSchema, ProbeNoSchema, ReplyOf,
+        ReturnsResult, ReturnsValue, SchemaProbe, call_event, check_pattern, check_reply,
+        check_topic, extract_event, extracted, inventory, object_schema, publish_event, schema_of,
+        serde, serde_json,
     };
-    pub use tchu_runtime::__private::{HandlerEntry, Registry, TopicTrie};
-    /// For the workspace's own tests of the link-time registry and the matcher.
-    pub use tchu_runtime::Outcome;
     pub use tchu_runtime::{
         Backoff, CallError, Client, Delivery, Event, Failure, FromDelivery, IntoOutcome, MessageId,
         PublishError, Rejection, RetryPolicy, Subscription, schemars, validator,
     };
+
+    // For the workspace's own tests of the link-time registry and the matcher.
+    pub use tchu_runtime::__private::{HandlerEntry, Registry, TopicTrie};
+    pub use tchu_runtime::Outcome;
 }
