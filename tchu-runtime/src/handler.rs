@@ -339,6 +339,8 @@ pub trait IntoOutcome {
     fn into_outcome(self) -> Outcome;
 }
 
+// (structure) `do_not_recommend`: an unmet bound reports `IntoOutcome`'s own message.
+#[diagnostic::do_not_recommend]
 impl<T: Serialize, E: fmt::Display + Send + 'static> IntoOutcome for Result<T, E> {
     fn into_outcome(self) -> Outcome {
         match self {

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -128,61 +127,6 @@ pub fn schema_of<T: schemars::JsonSchema + ?Sized>(
 /// The [`SchemaFn`] of an event declared with `schema = false`: any JSON object.
 pub fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "type": "object" })
-}
-
-/// Autoref specialization for the optional response schema: `(&&SchemaProbe::<T>::new())
-/// .response_schema(g)` is `Some` when `T: JsonSchema` ([`ProbeJsonSchema`]) and `None`
-/// otherwise ([`ProbeNoSchema`]). Works in the macro's output, where `T` is concrete.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct SchemaProbe<T: ?Sized>(PhantomData<T>);
-
-impl<T: ?Sized> SchemaProbe<T> {
-    /// A probe for `T`.
-    pub const fn new() -> Self {
-        SchemaProbe(PhantomData)
-    }
-}
-
-impl<T: ?Sized> Default for SchemaProbe<T> {
-    fn default() -> Self {
-        SchemaProbe::new()
-    }
-}
-
-/// The specialized half of [`SchemaProbe`]: the type has a schema.
-#[doc(hidden)]
-pub trait ProbeJsonSchema {
-    /// The schema.
-    fn response_schema(
-        &self,
-        generator: &mut schemars::SchemaGenerator,
-    ) -> Option<schemars::Schema>;
-}
-
-impl<T: schemars::JsonSchema + ?Sized> ProbeJsonSchema for &SchemaProbe<T> {
-    fn response_schema(
-        &self,
-        generator: &mut schemars::SchemaGenerator,
-    ) -> Option<schemars::Schema> {
-        Some(generator.subschema_for::<T>())
-    }
-}
-
-/// The fallback half of [`SchemaProbe`]: no schema.
-#[doc(hidden)]
-pub trait ProbeNoSchema {
-    /// `None`.
-    fn response_schema(
-        &self,
-        generator: &mut schemars::SchemaGenerator,
-    ) -> Option<schemars::Schema>;
-}
-
-impl<T: ?Sized> ProbeNoSchema for SchemaProbe<T> {
-    fn response_schema(&self, _: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
-        None
-    }
 }
 
 /// A handler as the dispatcher holds it: static or added at run time.
