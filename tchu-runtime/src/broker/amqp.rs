@@ -845,6 +845,9 @@ async fn open(url: &str, name: &str, tls: &TlsConfig) -> Result<Inner, BrokerErr
     })
 }
 
+#[cfg(test)]
+mod mandatory_tests;
+
 fn from_lapin_delivery(d: &LapinDelivery, body: Vec<u8>) -> Message {
     let p = &d.properties;
     Message {
