@@ -1,5 +1,6 @@
 //! RabbitMQ over lapin. Owns the connection, one confirm-mode publish channel (which also
-//! consumes direct reply-to), and one channel per consumer. Auto-recovery is on: after a
+//! consumes direct reply-to), a small pool of confirm channels for mandatory publishes (see
+//! [`MandatoryPool`]), and one channel per consumer. Auto-recovery is on: after a
 //! connection loss lapin reconnects and replays topology and consumers; a publish that failed
 //! meanwhile is sent again once recovery completes (bounded by `publish_timeout`).
 //!
@@ -57,6 +58,8 @@ struct Inner {
     publish: Channel,
     /// Index in `Shared::urls` of the node this connection is to.
     node: usize,
+    /// Channels for mandatory publishes (see [`MandatoryPool`]).
+    mandatory: MandatoryPool,
 }
 
 type ReplySender = tokio::sync::mpsc::UnboundedSender<Message>;
@@ -354,24 +357,55 @@ impl AmqpBroker {
         let mut backoff = Duration::from_millis(100);
         loop {
             let inner = self.inner();
+            // A mandatory publish waits for a channel of its own (within the deadline, not the
+            // attempt's timeout: waiting for a free channel says nothing about the connection).
+            let permit = if mandatory {
+                match tokio::time::timeout_at(deadline, inner.mandatory.permits.acquire()).await {
+                    Ok(Ok(p)) => Some(p),
+                    Ok(Err(_)) => {
+                        return Err(BrokerError::new("the mandatory channels are closed"));
+                    }
+                    Err(_) => {
+                        return Err(BrokerError::new("no publisher confirm before the deadline"));
+                    }
+                }
+            } else {
+                None
+            };
             let attempt = async {
+                if mandatory {
+                    return self.publish_mandatory(&inner, exchange, msg, &props).await;
+                }
                 let confirm = inner
                     .publish
                     .basic_publish(
                         exchange.into(),
                         msg.routing_key.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory,
-                            ..Default::default()
-                        },
+                        BasicPublishOptions::default(),
                         &msg.body,
                         props.clone(),
                     )
+                    .await?
                     .await?;
-                confirm.await
+                Ok(match confirm {
+                    Confirmation::Nack(_) => Confirm::Nack,
+                    Confirmation::Ack(returned) => {
+                        // Nothing mandatory is published on this channel: a returned message
+                        // here is nobody's, and this publish cannot have been returned.
+                        if let Some(r) = returned {
+                            tracing::error!(
+                                routing_key = %r.delivery.routing_key,
+                                "a message was returned on the channel of non-mandatory publishes"
+                            );
+                        }
+                        Confirm::Ack
+                    }
+                    Confirmation::NotRequested => Confirm::Ack,
+                })
             };
             let attempt_deadline = deadline.min(tokio::time::Instant::now() + ATTEMPT_TIMEOUT);
             let res = tokio::time::timeout_at(attempt_deadline, attempt).await;
+            drop(permit);
             match res {
                 Err(_) if tokio::time::Instant::now() >= deadline => {
                     return Err(BrokerError::new("no publisher confirm before the deadline"));
@@ -386,11 +420,7 @@ impl AmqpBroker {
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
-                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
-                    return Ok(Confirm::Ack);
-                }
-                Ok(Ok(Confirmation::Ack(Some(_)))) => return Ok(Confirm::Returned),
-                Ok(Ok(Confirmation::Nack(_))) => return Ok(Confirm::Nack),
+                Ok(Ok(confirm)) => return Ok(confirm),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "publish failed; waiting for the connection to recover");
                     if tokio::time::Instant::now() >= deadline {
@@ -412,6 +442,77 @@ impl AmqpBroker {
                 }
             }
         }
+    }
+
+    /// One mandatory publish on a pool channel of its own: at most one publish is in flight on
+    /// that channel, so a `basic.return` (which the broker sends before the publish's confirm)
+    /// can only be this publish's. The channel goes back to the pool only after a clean
+    /// confirm; on an error, a timeout (the future dropped) or a returned message that is not
+    /// this one, it is closed, so that nothing late from it reaches a later publish.
+    async fn publish_mandatory(
+        &self,
+        inner: &Inner,
+        exchange: &str,
+        msg: &Message,
+        props: &BasicProperties,
+    ) -> Result<Confirm, lapin::Error> {
+        let mut lease = inner.mandatory.lease(&inner.conn).await?;
+        let channel = lease.channel.clone();
+        if msg.properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) && !lease.replies {
+            // A direct reply-to request needs a reply consumer on the channel it is published
+            // on (else the broker closes the channel); replies go to the same receiver.
+            if let Some(tx) = self.reply_sender() {
+                consume_replies(&channel, tx).await?;
+                lease.replies = true;
+            }
+        }
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                msg.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &msg.body,
+                props.clone(),
+            )
+            .await?
+            .await?;
+        let returned = match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => {
+                lease.release();
+                return Ok(Confirm::Ack);
+            }
+            Confirmation::Nack(r) => {
+                if r.is_none_or(|r| is_return_of(&r, exchange, msg)) {
+                    lease.release();
+                }
+                return Ok(Confirm::Nack);
+            }
+            Confirmation::Ack(Some(r)) => r,
+        };
+        if is_return_of(&returned, exchange, msg) {
+            lease.release();
+        } else {
+            // Cannot happen with one publish in flight per channel; if it does, this publish's
+            // fate is unknown: report it returned (the caller declares and sends again, or
+            // reports no route: a duplicate at worst, never a silent loss) and drop the channel.
+            tracing::error!(
+                message_id = msg.properties.message_id.as_deref().unwrap_or(""),
+                routing_key = %msg.routing_key,
+                returned_message_id = returned
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map_or("", |s| s.as_str()),
+                returned_routing_key = %returned.delivery.routing_key,
+                "the broker returned a message that is not the one published; \
+                 reporting the publish as returned"
+            );
+        }
+        Ok(Confirm::Returned)
     }
 
     pub(crate) async fn get(&self, queue: &str) -> Result<Option<Message>, BrokerError> {
@@ -599,7 +700,14 @@ impl AmqpAcker {
 /// Consumes direct reply-to on `publish` and forwards every reply to `tx` until the channel's
 /// consumer ends (its connection replaced) or nobody listens any more.
 async fn subscribe_replies(publish: &Channel, tx: ReplySender) -> Result<(), BrokerError> {
-    let mut consumer = publish
+    consume_replies(publish, tx)
+        .await
+        .map_err(err("cannot consume direct reply-to"))
+}
+
+/// [`subscribe_replies`] on any channel, with lapin's error.
+async fn consume_replies(channel: &Channel, tx: ReplySender) -> Result<(), lapin::Error> {
+    let mut consumer = channel
         .basic_consume(
             DIRECT_REPLY_TO.into(),
             ShortString::from(format!("tchu-reply-{}", uuid::Uuid::new_v4())),
@@ -609,8 +717,7 @@ async fn subscribe_replies(publish: &Channel, tx: ReplySender) -> Result<(), Bro
             },
             FieldTable::default(),
         )
-        .await
-        .map_err(err("cannot consume direct reply-to"))?;
+        .await?;
     tokio::spawn(async move {
         while let Some(d) = consumer.next().await {
             match d {
@@ -842,7 +949,133 @@ async fn open(url: &str, name: &str, tls: &TlsConfig) -> Result<Inner, BrokerErr
         conn,
         publish,
         node: 0,
+        mandatory: MandatoryPool::default(),
     })
+}
+
+/// How many mandatory publishes one connection has in flight at most: each on its own channel.
+const MANDATORY_CHANNELS: usize = 16;
+
+/// Confirm channels for mandatory publishes, each with at most one publish in flight.
+///
+/// lapin 4.12.3 queues a channel's `basic.return`s and hands each to whichever publisher
+/// confirm of the channel completes next (`acknowledgement.rs`, in `HashMap` order under a
+/// `multiple` confirm): with several publishes in flight, an unroutable message can come back
+/// as a plain ack (a silent loss) and a routed one as returned. With one publish per channel,
+/// the return the broker sends before that publish's confirm is that publish's. Channels are
+/// opened on first use (up to [`MANDATORY_CHANNELS`]) and belong to one connection: a
+/// replacement connection starts with an empty pool.
+#[derive(Debug)]
+struct MandatoryPool {
+    /// One permit per channel that may be in use.
+    permits: tokio::sync::Semaphore,
+    /// Channels with no publish in flight.
+    idle: std::sync::Mutex<Vec<PooledChannel>>,
+}
+
+impl Default for MandatoryPool {
+    fn default() -> Self {
+        MandatoryPool {
+            permits: tokio::sync::Semaphore::new(MANDATORY_CHANNELS),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PooledChannel {
+    channel: Channel,
+    /// Whether it consumes direct reply-to.
+    replies: bool,
+}
+
+impl MandatoryPool {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<PooledChannel>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An idle channel that is up, or a new confirm channel on `conn`. The caller holds one of
+    /// the pool's permits.
+    async fn lease(&self, conn: &Connection) -> Result<Lease<'_>, lapin::Error> {
+        loop {
+            let Some(pc) = self.idle().pop() else { break };
+            if pc.channel.status().connected() {
+                return Ok(Lease {
+                    pool: self,
+                    channel: pc.channel,
+                    replies: pc.replies,
+                    released: false,
+                });
+            }
+            discard(pc.channel);
+        }
+        let channel = conn.create_channel().await?;
+        let lease = Lease {
+            pool: self,
+            channel: channel.clone(),
+            replies: false,
+            released: false,
+        };
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(lease)
+    }
+}
+
+/// A pool channel in use: closed when dropped, unless [`Lease::release`]d back to the pool.
+#[derive(Debug)]
+struct Lease<'a> {
+    pool: &'a MandatoryPool,
+    channel: Channel,
+    /// Whether the channel consumes direct reply-to.
+    replies: bool,
+    released: bool,
+}
+
+impl Lease<'_> {
+    /// Back to the pool: its last publish is fully confirmed.
+    fn release(mut self) {
+        self.released = true;
+        self.pool.idle().push(PooledChannel {
+            channel: self.channel.clone(),
+            replies: self.replies,
+        });
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            discard(self.channel.clone());
+        }
+    }
+}
+
+/// Closes a channel in the background (best effort, bounded).
+fn discard(channel: Channel) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                channel.close(200, ShortString::from("discarded")),
+            )
+            .await;
+        });
+    }
+}
+
+/// Whether `r` is the return of `msg` published to `exchange` (same exchange, routing key and,
+/// when `msg` has one, message id).
+fn is_return_of(r: &lapin::message::BasicReturnMessage, exchange: &str, msg: &Message) -> bool {
+    let d = &r.delivery;
+    d.exchange.as_str() == exchange
+        && d.routing_key.as_str() == msg.routing_key
+        && msg.properties.message_id.as_ref().is_none_or(|id| {
+            d.properties.message_id().as_ref().map(|s| s.as_str()) == Some(id.as_str())
+        })
 }
 
 #[cfg(test)]

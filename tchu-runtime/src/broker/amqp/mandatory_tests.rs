@@ -48,7 +48,10 @@ impl Fixture {
                 .declare_queue(&QueueSpec::durable(&queue, QueueType::Classic))
                 .await
                 .expect("queue");
-            broker.bind(&queue, &exchange, "routable").await.expect("bind");
+            broker
+                .bind(&queue, &exchange, "routable")
+                .await
+                .expect("bind");
         })
         .await
         .expect("declaring timed out");
@@ -129,7 +132,10 @@ async fn every_mandatory_confirm_matches_its_own_routability() {
          ({:.0}/s), {mismatches} mismatches",
         MESSAGES as f64 / elapsed.as_secs_f64()
     );
-    assert_eq!(mismatches, 0, "publishes whose Confirm did not match their routability");
+    assert_eq!(
+        mismatches, 0,
+        "publishes whose Confirm did not match their routability"
+    );
     assert_eq!(queued.expect("queue_len"), (MESSAGES / 2) as u32);
 }
 
