@@ -954,7 +954,7 @@ async fn open(url: &str, name: &str, tls: &TlsConfig) -> Result<Inner, BrokerErr
 }
 
 /// How many mandatory publishes one connection has in flight at most: each on its own channel.
-const MANDATORY_CHANNELS: usize = 16;
+const MANDATORY_CHANNELS: usize = 32;
 
 /// Confirm channels for mandatory publishes, each with at most one publish in flight.
 ///
