@@ -427,6 +427,20 @@ impl AmqpBroker {
         .await
     }
 
+    /// Opens a channel of its own for reading `queue` with basic.get and manual acks.
+    pub(crate) async fn browse(&self, queue: &str) -> Result<AmqpBrowser, BrokerError> {
+        let channel = self
+            .inner()
+            .conn
+            .create_channel()
+            .await
+            .map_err(err("cannot open a channel"))?;
+        Ok(AmqpBrowser {
+            channel,
+            queue: queue.to_owned(),
+        })
+    }
+
     pub(crate) async fn consume(
         &self,
         queue: &str,
@@ -554,6 +568,43 @@ impl AmqpConsumer {
     /// Closes the consumer's channel: unsettled deliveries return to the queue.
     pub(crate) async fn close(self) {
         let _ = self.channel.close(200, ShortString::from("shutdown")).await;
+    }
+}
+
+/// Reads one queue with basic.get and manual acks on a channel of its own: what is not acked
+/// returns to the queue when the channel closes (or the connection, or the process, dies).
+#[derive(Debug)]
+pub(crate) struct AmqpBrowser {
+    channel: Channel,
+    queue: String,
+}
+
+impl AmqpBrowser {
+    pub(crate) async fn next(&mut self) -> Result<Option<InboundDelivery>, BrokerError> {
+        let got = self
+            .channel
+            .basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(|e| {
+                BrokerError::with_source(format!("cannot get from `{}`", self.queue), e)
+            })?;
+        Ok(got.map(|g| {
+            let mut d = g.delivery;
+            let body = std::mem::take(&mut d.data);
+            InboundDelivery {
+                message: from_lapin_delivery(&d, body),
+                redelivered: d.redelivered,
+                acker: crate::broker::Acker::Amqp(AmqpAcker(d.acker)),
+            }
+        }))
+    }
+
+    /// Closes the channel: everything read and not acked returns to the queue.
+    pub(crate) async fn close(self) {
+        let _ = self.channel.close(200, ShortString::from("done")).await;
     }
 }
 

@@ -802,6 +802,16 @@ impl MemoryConsumer {
     }
 }
 
+impl MemoryConsumer {
+    /// The next delivery if one is ready now, without waiting (browsing a queue).
+    pub(crate) fn try_next(&mut self) -> Option<InboundDelivery> {
+        match lock(&self.state).take(&self.queue, self.uid, self.id, self.prefetch) {
+            Take::Delivery(d) => Some(*d),
+            Take::Wait | Take::Gone => None,
+        }
+    }
+}
+
 impl Drop for MemoryConsumer {
     fn drop(&mut self) {
         lock(&self.state).cancel(&self.queue, self.uid, self.id);

@@ -173,6 +173,33 @@ impl Consumer {
     }
 }
 
+/// Reads a queue one message at a time without taking anything away (basic.get with manual
+/// acks): whatever is read and not acked goes back to the queue, in order and marked
+/// redelivered, when the browser closes, is dropped, or its process dies.
+#[derive(Debug)]
+pub(crate) enum Browser {
+    Amqp(amqp::AmqpBrowser),
+    Memory(memory::MemoryConsumer),
+}
+
+impl Browser {
+    /// The next ready message, unacked; `None` when the queue has no ready message.
+    pub(crate) async fn next(&mut self) -> Result<Option<InboundDelivery>, BrokerError> {
+        match self {
+            Browser::Amqp(b) => b.next().await,
+            Browser::Memory(c) => Ok(c.try_next()),
+        }
+    }
+
+    /// Ends the browse: every message read and not acked returns to the queue.
+    pub(crate) async fn close(self) {
+        match self {
+            Browser::Amqp(b) => b.close().await,
+            Browser::Memory(c) => drop(c),
+        }
+    }
+}
+
 /// Replies to this client's RPC calls, from every responder.
 #[derive(Debug)]
 pub(crate) enum ReplyConsumer {
@@ -253,6 +280,14 @@ impl Broker {
         match self {
             Broker::Amqp(b) => b.get(queue).await,
             Broker::Memory(b) => b.get(queue),
+        }
+    }
+
+    /// Starts reading `queue` without removing anything (see [`Browser`]).
+    pub(crate) async fn browse(&self, queue: &str) -> Result<Browser, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.browse(queue).await.map(Browser::Amqp),
+            Broker::Memory(b) => b.consume(queue, 0).map(Browser::Memory),
         }
     }
 
