@@ -278,12 +278,15 @@ impl App {
         let consuming = Arc::new(AtomicBool::new(false));
         let mut task = None;
         if !registry.is_empty() {
-            let topology = Topology {
-                exchange: self.config.exchange.clone(),
-                queue: service.clone(),
-                queue_type: self.config.queue_type,
-                patterns: registry.patterns(),
-            };
+            let topology = Topology::new(
+                self.config.exchange.clone(),
+                service.clone(),
+                self.config.queue_type,
+                registry
+                    .entries()
+                    .iter()
+                    .map(|e| (e.pattern.clone(), e.id.clone())),
+            );
             let declared = topology.declare(client.broker()).await?;
             let prefetch = self.config.prefetch;
             tracing::info!(service = %service, bindings = ?declared.bound, removed = ?declared.unbound, "topology declared");
@@ -305,6 +308,7 @@ impl App {
                 retry: self.config.retry,
                 stats: Arc::clone(&stats),
                 retry_queues: Mutex::new(HashSet::new()),
+                topology: topology.clone(),
             });
             consuming.store(true, Ordering::Relaxed);
             task = Some(tokio::spawn(consume_loop(

@@ -108,6 +108,8 @@ pub(crate) struct Dispatcher {
     pub(crate) retry: RetryPolicy,
     pub(crate) stats: Arc<Stats>,
     pub(crate) retry_queues: Mutex<HashSet<u64>>,
+    /// Where a delivery no local handler matches goes (ops: topology.rs, rolling deploys).
+    pub(crate) topology: crate::topology::Topology,
 }
 
 fn now_ms() -> i64 {
@@ -268,7 +270,18 @@ impl Dispatcher {
             idx.retain(|&i| only.contains(&self.registry.entries()[i].id));
         }
         if idx.is_empty() {
-            let reason = format!("no local handler matches `{}`", decoded.topic);
+            let mut reason = format!("no local handler matches `{}`", decoded.topic);
+            // Another running version may handle it (ops: topology.rs, rolling deploys).
+            if !is_rpc {
+                use crate::topology::NoHandler;
+                match (self.topology)
+                    .no_local_handler(self.broker(), &message, &decoded.topic, only.as_deref())
+                    .await?
+                {
+                    NoHandler::HandedOff => return Ok(Settle::Ack),
+                    NoHandler::DeadLetter(why) => reason = why,
+                }
+            }
             if is_rpc {
                 self.reply(
                     &decoded,

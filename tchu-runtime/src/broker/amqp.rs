@@ -414,19 +414,6 @@ impl AmqpBroker {
         }
     }
 
-    pub(crate) async fn get(&self, queue: &str) -> Result<Option<Message>, BrokerError> {
-        self.with_channel(&format!("cannot get from `{queue}`"), |ch| async move {
-            let got = ch
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await?;
-            Ok(got.map(|mut g| {
-                let body = std::mem::take(&mut g.delivery.data);
-                from_lapin_delivery(&g.delivery, body)
-            }))
-        })
-        .await
-    }
-
     /// Opens a channel of its own for reading `queue` with basic.get and manual acks.
     pub(crate) async fn browse(&self, queue: &str) -> Result<AmqpBrowser, BrokerError> {
         let channel = self
@@ -500,6 +487,58 @@ impl AmqpBroker {
                     .await?;
                 Ok(q.message_count())
             },
+        )
+        .await
+    }
+
+    /// Consumers of `queue`, `None` when it does not exist (passive declare).
+    pub(crate) async fn consumer_count(&self, queue: &str) -> Result<Option<u32>, BrokerError> {
+        self.with_channel_map(
+            |ch| async move {
+                let q = ch
+                    .queue_declare(
+                        queue.into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match q {
+                    Ok(q) => Ok(Some(q.consumer_count())),
+                    Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            },
+            |e| BrokerError::with_source(format!("cannot inspect queue `{queue}`"), e),
+        )
+        .await
+    }
+
+    /// Takes the lock `name`: an exclusive queue of this connection (so a crash releases it).
+    /// `false` when another connection holds it.
+    pub(crate) async fn try_lock(&self, name: &str) -> Result<bool, BrokerError> {
+        self.with_channel_map(
+            |ch| async move {
+                let q = ch
+                    .queue_declare(
+                        name.into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match q {
+                    Ok(_) => Ok(true),
+                    Err(e) if is_soft(&e, AMQPSoftError::RESOURCELOCKED) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            },
+            |e| BrokerError::with_source(format!("cannot take the lock `{name}`"), e),
         )
         .await
     }
@@ -680,6 +719,13 @@ async fn subscribe_replies(publish: &Channel, tx: ReplySender) -> Result<(), Bro
 }
 
 /// Whether a declare was refused because the entity exists with other arguments.
+fn is_soft(e: &lapin::Error, kind: AMQPSoftError) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(p) if p.kind() == &AMQPErrorKind::Soft(kind)
+    )
+}
+
 fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(
         e.kind(),

@@ -275,14 +275,6 @@ impl Broker {
         }
     }
 
-    /// Takes one message off a queue and acknowledges it (basic.get).
-    pub(crate) async fn get(&self, queue: &str) -> Result<Option<Message>, BrokerError> {
-        match self {
-            Broker::Amqp(b) => b.get(queue).await,
-            Broker::Memory(b) => b.get(queue),
-        }
-    }
-
     /// Starts reading `queue` without removing anything (see [`Browser`]).
     pub(crate) async fn browse(&self, queue: &str) -> Result<Browser, BrokerError> {
         match self {
@@ -319,6 +311,23 @@ impl Broker {
         match self {
             Broker::Amqp(b) => b.queue_len(queue).await,
             Broker::Memory(b) => b.queue_len(queue),
+        }
+    }
+
+    /// Consumers of a queue, `None` when it does not exist.
+    pub(crate) async fn consumer_count(&self, queue: &str) -> Result<Option<u32>, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.consumer_count(queue).await,
+            Broker::Memory(b) => Ok(b.consumer_count(queue)),
+        }
+    }
+
+    /// Takes the lock `name` (a queue only this connection may use, gone with it); `false`
+    /// when someone else holds it. [`Broker::delete_queue`] releases it.
+    pub(crate) async fn try_lock(&self, name: &str) -> Result<bool, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.try_lock(name).await,
+            Broker::Memory(b) => Ok(b.try_lock(name)),
         }
     }
 
