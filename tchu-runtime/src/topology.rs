@@ -1,7 +1,7 @@
 //! Declares a service's topology from its subscriptions: the durable topic exchange, the
 //! service's durable queue, its dead-letter queue, and exactly one binding per distinct
 //! pattern; and keeps the bindings right while several versions of the service run side by
-//! side (a rolling deploy, a rollback, a canary). See `docs/operating.md`, "Rolling deploys".
+//! side (a rolling deploy, a rollback, a canary). See `docs/deploys.md`.
 //!
 //! - **Versions.** A version is one set of (pattern, handler id) pairs; its name is a hash of
 //!   them. Each running instance consumes its version's *presence queue*
@@ -456,8 +456,8 @@ impl Topology {
             .any(|(p, id)| p.matches(topic) && only.is_none_or(|ids| ids.iter().any(|i| i == id)));
         if !handles {
             return Ok(NoHandler::DeadLetter(format!(
-                "no running version of `{}` handles `{topic}` (this one subscribes to {}; \
-                 other running versions: {})",
+                "no local handler matches `{topic}`, and no running version of `{}` handles it \
+                 (this one subscribes to {}; other running versions: {})",
                 self.queue,
                 list(self.patterns.iter().map(Pattern::as_str)),
                 list(view.names.iter().map(String::as_str)),
