@@ -543,3 +543,138 @@ impl Drop for LockGuard {
 pub(crate) fn dlq_name(queue: &str) -> String {
     format!("{queue}.dlq")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::MemoryBroker;
+
+    fn topology(pairs: &[(&str, &str)]) -> Topology {
+        Topology::new(
+            "x".to_owned(),
+            "svc".to_owned(),
+            QueueType::Classic,
+            pairs
+                .iter()
+                .map(|(p, id)| (Pattern::new(*p).expect("pattern"), (*id).to_owned())),
+        )
+    }
+
+    fn event(topic: &str) -> Message {
+        Message {
+            routing_key: topic.to_owned(),
+            properties: Properties::default(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    /// How many of `topics` the exchange routes to the service queue.
+    async fn routed(b: &Broker, topics: &[&str]) -> u32 {
+        let before = b.queue_len("svc").await.expect("len");
+        for t in topics {
+            b.publish("x", &event(t), false).await.expect("publish");
+        }
+        let after = b.queue_len("svc").await.expect("len");
+        b.purge_queue("svc").await.expect("purge");
+        after - before
+    }
+
+    #[tokio::test]
+    async fn versions_keep_each_others_bindings_and_stale_ones_go() {
+        let b = Broker::Memory(MemoryBroker::new());
+        let v1 = topology(&[("t.a", "s::a"), ("t.b", "s::b")]);
+        let v2 = topology(&[("t.a", "s::a"), ("t.c", "s::c")]);
+        assert_ne!(v1.version(), v2.version());
+        assert_eq!(
+            v1.declare(&b).await.expect("v1").unbound,
+            Vec::<String>::new()
+        );
+        // v2 starts while v1 runs: nothing of v1's goes.
+        assert_eq!(
+            v2.declare(&b).await.expect("v2").unbound,
+            Vec::<String>::new()
+        );
+        assert_eq!(routed(&b, &["t.a", "t.b", "t.c", "t.d"]).await, 3);
+        assert_eq!(b.queue_len("svc.tchu.bindings").await.expect("len"), 2);
+
+        // v2 hands `t.b` off (v1 runs) and dead-letters `t.d` (nobody handles it).
+        assert_eq!(
+            v2.no_local_handler(&b, &event("t.b"), "t.b", None)
+                .await
+                .expect("decide"),
+            NoHandler::HandedOff
+        );
+        assert_eq!(b.queue_len("svc.tchu.handoff").await.expect("len"), 1);
+        // A retry due for a handler id no running version has is not handed off.
+        let only = ["s::gone".to_owned()];
+        assert!(matches!(
+            v2.no_local_handler(&b, &event("t.b"), "t.b", Some(&only))
+                .await,
+            Ok(NoHandler::DeadLetter(_))
+        ));
+        let Ok(NoHandler::DeadLetter(why)) =
+            v2.no_local_handler(&b, &event("t.d"), "t.d", None).await
+        else {
+            panic!("t.d is handled by no one");
+        };
+        assert!(
+            why.contains("no running version of `svc` handles it"),
+            "{why}"
+        );
+
+        // The hop bound.
+        let mut tired = event("t.b");
+        tired
+            .properties
+            .headers
+            .insert(HOPS_HEADER.to_owned(), HeaderValue::Int(MAX_HOPS));
+        let Ok(NoHandler::DeadLetter(why)) = v2.no_local_handler(&b, &tired, "t.b", None).await
+        else {
+            panic!("past the hop bound");
+        };
+        assert!(why.contains("hand-offs"), "{why}");
+
+        // v1's last instance stops: its presence queue goes, and the next reconcile removes
+        // `t.b` (and only it) and v1's record.
+        let presence = format!("svc.tchu.v.{}", v1.version());
+        assert_eq!(b.consumer_count(&presence).await.expect("count"), Some(1));
+        drop(v1);
+        assert_eq!(b.consumer_count(&presence).await.expect("count"), None);
+        assert_eq!(
+            v2.reconcile(&b).await.expect("reconcile"),
+            vec!["t.b".to_owned()]
+        );
+        assert_eq!(routed(&b, &["t.a", "t.b", "t.c"]).await, 2);
+        assert_eq!(b.queue_len("svc.tchu.bindings").await.expect("len"), 1);
+        assert!(matches!(
+            v2.no_local_handler(&b, &event("t.b"), "t.b", None).await,
+            Ok(NoHandler::DeadLetter(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_first_release_record_counts_as_a_version_gone() {
+        let b = Broker::Memory(MemoryBroker::new());
+        b.declare_exchange("x").await.expect("exchange");
+        b.declare_queue(&QueueSpec::durable("svc", QueueType::Classic))
+            .await
+            .expect("queue");
+        b.declare_queue(&QueueSpec::durable("svc.tchu.bindings", QueueType::Classic))
+            .await
+            .expect("queue");
+        b.bind("svc", "x", "t.old").await.expect("bind");
+        let old = Message {
+            routing_key: "svc.tchu.bindings".to_owned(),
+            properties: Properties::default(),
+            body: br#"{"exchange": "x", "patterns": ["t.old", "t.a"]}"#.to_vec(),
+        };
+        b.publish("", &old, true).await.expect("record");
+        let v = topology(&[("t.a", "s::a")]);
+        assert_eq!(
+            v.declare(&b).await.expect("declare").unbound,
+            vec!["t.old".to_owned()]
+        );
+        assert_eq!(routed(&b, &["t.a", "t.old"]).await, 1);
+        assert_eq!(b.queue_len("svc.tchu.bindings").await.expect("len"), 1);
+    }
+}
