@@ -583,6 +583,8 @@ async fn consume_loop(
     // lapin's recovery may never complete: a connection down for longer than this is replaced.
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     let mut down_since: Option<tokio::time::Instant> = None;
+    // A consumer that receives nothing while its queue has ready messages is replaced (ops).
+    let mut stall = crate::broker::stall::StallWatch::new(resubscribe.topology.queue.clone());
     'outer: loop {
         let permit = tokio::select! {
             biased;
@@ -596,8 +598,15 @@ async fn consume_loop(
             tokio::select! {
                 biased;
                 _ = stop.changed() => break 'outer,
-                d = consumer.next() => break d,
+                d = consumer.next() => {
+                    stall.delivered();
+                    break d;
+                }
                 _ = watchdog.tick() => {
+                    while inflight.try_join_next().is_some() {}
+                    if batched && stall.stalled(&broker, inflight.is_empty()).await {
+                        break None;
+                    }
                     crate::telemetry::connected(broker.is_connected());
                     if broker.is_connected() {
                         down_since = None;
@@ -641,6 +650,7 @@ async fn consume_loop(
                     break;
                 };
                 consuming.store(true, Ordering::Relaxed);
+                stall.reset();
                 // Deliveries of the old consumer settle (or not) on its own channel.
                 let (fresh_settler, fresh_task) = Settler::start(batched);
                 drop(std::mem::replace(&mut settler, fresh_settler));

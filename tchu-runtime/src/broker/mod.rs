@@ -6,6 +6,7 @@
 
 pub(crate) mod amqp;
 pub(crate) mod memory;
+pub(crate) mod stall;
 
 use std::time::Duration;
 
