@@ -309,8 +309,15 @@ impl Topology {
                     versions,
                     ..me.clone()
                 };
-                if let Err(e) = me.reconcile(&broker).await {
-                    tracing::warn!(queue = %me.queue, error = %e, "binding reconcile failed; next one in {RECONCILE_EVERY:?}");
+                match me.reconcile(&broker).await {
+                    Ok(_) => {}
+                    // The consume loop reports the connection; the reconnect reconciles.
+                    Err(e) if !broker.is_connected() => {
+                        tracing::debug!(queue = %me.queue, error = %e, "binding reconcile skipped while disconnected");
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %me.queue, error = %e, "binding reconcile failed; next one in {RECONCILE_EVERY:?}");
+                    }
                 }
             }
         }));

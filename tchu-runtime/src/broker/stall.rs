@@ -98,3 +98,64 @@ impl StallWatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::MemoryBroker;
+    use crate::broker::{QueueSpec, QueueType};
+    use crate::message::{Message, Properties};
+
+    async fn broker_with(ready: usize) -> Broker {
+        let b = Broker::Memory(MemoryBroker::new());
+        b.declare_queue(&QueueSpec::durable("q", QueueType::Classic))
+            .await
+            .expect("declare");
+        for _ in 0..ready {
+            let m = Message {
+                routing_key: "q".to_owned(),
+                properties: Properties::default(),
+                body: b"{}".to_vec(),
+            };
+            b.publish("", &m, true).await.expect("publish");
+        }
+        b
+    }
+
+    /// Ticks once a second for `secs` seconds; whether any tick said "stalled".
+    async fn ticks(w: &mut StallWatch, b: &Broker, idle: bool, secs: u64) -> bool {
+        let mut stalled = false;
+        for _ in 0..secs {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            stalled |= w.stalled(b, idle).await;
+        }
+        stalled
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_idle_while_its_queue_has_ready_messages_is_stalled() {
+        let b = broker_with(3).await;
+        let mut w = StallWatch::new("q".to_owned());
+        // Not before IDLE + CONFIRM.
+        assert!(!ticks(&mut w, &b, true, 6).await);
+        assert!(ticks(&mut w, &b, true, 2).await);
+        // A delivery clears the suspicion; so does a new consumer.
+        w.delivered();
+        assert!(!ticks(&mut w, &b, true, 6).await);
+        w.reset();
+        assert!(!ticks(&mut w, &b, true, 6).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_queue_or_busy_handlers_are_not_a_stall() {
+        let empty = broker_with(0).await;
+        let mut w = StallWatch::new("q".to_owned());
+        assert!(!ticks(&mut w, &empty, true, 60).await);
+        let full = broker_with(3).await;
+        let mut w = StallWatch::new("q".to_owned());
+        assert!(!ticks(&mut w, &full, false, 60).await);
+        // Nor a queue that does not exist.
+        let mut w = StallWatch::new("nope".to_owned());
+        assert!(!ticks(&mut w, &full, true, 60).await);
+    }
+}
