@@ -218,8 +218,8 @@ async fn rolling_deploy_and_rollback_lose_nothing() {
 
     // Roll out v2.
     let v2a = start(&names, &svc, "v2#1", "a,c", &handled).await;
-    let v2b = start(&names, &svc, "v2#2", "a,c", &handled).await;
     marks.insert("v2 ready", now_ms());
+    let v2b = start(&names, &svc, "v2#2", "a,c", &handled).await;
     bindings_become(&names.exchange, &svc, &["roll.a", "roll.b", "roll.c"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop(v1a).await;
@@ -231,8 +231,8 @@ async fn rolling_deploy_and_rollback_lose_nothing() {
 
     // Roll back to v1.
     let v1c = start(&names, &svc, "v1#3", "a,b", &handled).await;
-    let v1d = start(&names, &svc, "v1#4", "a,b", &handled).await;
     marks.insert("v1 back", now_ms());
+    let v1d = start(&names, &svc, "v1#4", "a,b", &handled).await;
     bindings_become(&names.exchange, &svc, &["roll.a", "roll.b", "roll.c"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop(v2a).await;

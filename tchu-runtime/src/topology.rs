@@ -89,6 +89,8 @@ pub(crate) struct Versions {
     /// Single flight for on-demand refreshes.
     refreshing: tokio::sync::Mutex<()>,
     presence: Mutex<Option<Consumer>>,
+    /// Whether the hand-off wait queue was declared (on first use).
+    handoff_declared: std::sync::atomic::AtomicBool,
     reconciler: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -223,13 +225,6 @@ impl Topology {
                 .await
                 .map_err(|e| e.for_service(&self.queue))?;
         }
-        let mut handoff = QueueSpec::durable(self.handoff_queue(), self.queue_type);
-        handoff.message_ttl = Some(HANDOFF_WAIT);
-        handoff.dead_letter = Some((String::new(), self.queue.clone()));
-        broker
-            .declare_queue(&handoff)
-            .await
-            .map_err(|e| e.for_service(&self.queue))?;
 
         let _lock = self.lock(broker, LOCK_WAIT).await?;
         // Visible first, then bound, then recorded: a reconcile elsewhere never sees our
@@ -495,12 +490,27 @@ impl Topology {
         m.properties.persistent = true;
         m.properties.expiration = None;
         m.routing_key = self.handoff_queue();
+        let declared = &self.versions.handoff_declared;
+        if !declared.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut spec = QueueSpec::durable(self.handoff_queue(), self.queue_type);
+            spec.message_ttl = Some(HANDOFF_WAIT);
+            spec.dead_letter = Some((String::new(), self.queue.clone()));
+            broker
+                .declare_queue(&spec)
+                .await
+                .map_err(|e| e.for_service(&self.queue))?;
+            declared.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         match broker.publish("", &m, true).await? {
             Confirm::Ack => Ok(NoHandler::HandedOff),
-            Confirm::Nack | Confirm::Returned => Err(BrokerError::new(format!(
-                "the broker did not accept the hand-off copy for `{}`",
-                m.routing_key
-            ))),
+            Confirm::Nack | Confirm::Returned => {
+                // Declared again next time (someone may have deleted it).
+                declared.store(false, std::sync::atomic::Ordering::Relaxed);
+                Err(BrokerError::new(format!(
+                    "the broker did not accept the hand-off copy for `{}`",
+                    m.routing_key
+                )))
+            }
         }
     }
 }
