@@ -229,19 +229,7 @@ impl Topology {
         let _lock = self.lock(broker, LOCK_WAIT).await?;
         // Visible first, then bound, then recorded: a reconcile elsewhere never sees our
         // record without seeing us run.
-        let presence = self.presence_queue_of(&self.version());
-        broker
-            .declare_queue(&QueueSpec {
-                durable: false,
-                auto_delete: true,
-                ..QueueSpec::durable(&presence, QueueType::Classic)
-            })
-            .await?;
-        let consumer = broker.consume(&presence, 1).await?;
-        let old = lock(&self.versions.presence).replace(consumer);
-        if let Some(old) = old {
-            old.close().await;
-        }
+        self.make_visible(broker).await?;
         for p in &self.patterns {
             broker.bind(&self.queue, &self.exchange, p.as_str()).await?;
         }
@@ -257,6 +245,28 @@ impl Topology {
                 .collect(),
             unbound,
         })
+    }
+
+    /// Declares this version's presence queue and consumes it (replacing an earlier presence
+    /// consumer, e.g. one of a connection that was lost).
+    async fn make_visible(&self, broker: &Broker) -> Result<(), BrokerError> {
+        let presence = self.presence_queue_of(&self.version());
+        broker
+            .declare_queue(&QueueSpec {
+                durable: false,
+                auto_delete: true,
+                ..QueueSpec::durable(&presence, QueueType::Classic)
+            })
+            .await?;
+        let consumer = broker.consume(&presence, 1).await?;
+        let old = lock(&self.versions.presence).replace(consumer);
+        if let Some(old) = old {
+            // Bounded, and not waited for: the old one's connection may be gone.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
+            });
+        }
+        Ok(())
     }
 
     async fn lock(&self, broker: &Broker, wait: Duration) -> Result<LockGuard, BrokerError> {
@@ -331,6 +341,13 @@ impl Topology {
     /// the view of the other running versions. Returns the patterns unbound.
     async fn reconcile_locked(&self, broker: &Broker) -> Result<Vec<String>, BrokerError> {
         let own = self.version();
+        // Still visible? (A connection lost and recovered by lapin may have taken the presence
+        // queue with it.)
+        let mine = broker.consumer_count(&self.presence_queue_of(&own)).await?;
+        if mine.unwrap_or(0) == 0 {
+            tracing::info!(queue = %self.queue, version = %own, "presence queue gone; declaring it again");
+            self.make_visible(broker).await?;
+        }
         let mut browser = broker.browse(&self.record_queue()).await?;
         let result = async {
             let mut records = Vec::new();
