@@ -532,6 +532,39 @@ impl Topology {
     }
 }
 
+/// The dispatcher's verdict on a delivery no local handler matches (not an RPC request):
+/// acknowledged once handed off to another running version, dead-lettered with the reason
+/// when none handles it, requeued after `backoff()` when the hand-off copy could not be sent.
+pub(crate) async fn unmatched_verdict(
+    topology: &Topology,
+    broker: &Broker,
+    message: &Message,
+    topic: &str,
+    only: Option<&[String]>,
+    backoff: impl FnOnce() -> Duration,
+) -> crate::dispatch::Verdict {
+    use crate::dispatch::{DeadLetter, Forward, Verdict};
+    match topology
+        .no_local_handler(broker, message, topic, only)
+        .await
+    {
+        Ok(NoHandler::HandedOff) => Verdict::Ack,
+        Ok(NoHandler::DeadLetter(reason)) => Verdict::Forward(Forward {
+            dead_letters: vec![DeadLetter {
+                reason,
+                handler: None,
+                kind: crate::telemetry::DeadLetterKind::NoHandler,
+            }],
+            ..Forward::default()
+        }),
+        Err(e) => {
+            let after = backoff();
+            tracing::warn!(error = %e, ?after, "could not hand a delivery off to another version; requeueing it");
+            Verdict::Requeue { after }
+        }
+    }
+}
+
 fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<&str> = items.collect();
     if v.is_empty() {
