@@ -285,12 +285,15 @@ impl App {
         let consuming = Arc::new(AtomicBool::new(false));
         let mut task = None;
         if !registry.is_empty() {
-            let topology = Topology {
-                exchange: self.config.exchange.clone(),
-                queue: service.clone(),
-                queue_type: self.config.queue_type,
-                patterns: registry.patterns(),
-            };
+            let topology = Topology::new(
+                self.config.exchange.clone(),
+                service.clone(),
+                self.config.queue_type,
+                registry
+                    .entries()
+                    .iter()
+                    .map(|e| (e.pattern.clone(), e.id.clone())),
+            );
             let declared = topology.declare(client.broker()).await?;
             let prefetch = self.config.prefetch;
             tracing::info!(service = %service, bindings = ?declared.bound, removed = ?declared.unbound, "topology declared");
@@ -312,6 +315,7 @@ impl App {
                 retry: self.config.retry,
                 handler_timeout: self.config.handler_timeout,
                 stats: Arc::clone(&stats),
+                topology: topology.clone(),
             });
             consuming.store(true, Ordering::Relaxed);
             task = Some(tokio::spawn(consume_loop(
@@ -593,6 +597,8 @@ async fn consume_loop(
     // lapin's recovery may never complete: a connection down for longer than this is replaced.
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     let mut down_since: Option<tokio::time::Instant> = None;
+    // A consumer that receives nothing while its queue has ready messages is replaced (ops).
+    let mut stall = crate::broker::stall::StallWatch::new(resubscribe.topology.queue.clone());
     'outer: loop {
         let permit = tokio::select! {
             biased;
@@ -606,8 +612,15 @@ async fn consume_loop(
             tokio::select! {
                 biased;
                 _ = stop.changed() => break 'outer,
-                d = consumer.next() => break d,
+                d = consumer.next() => {
+                    stall.delivered();
+                    break d;
+                }
                 _ = watchdog.tick() => {
+                    while inflight.try_join_next().is_some() {}
+                    if batched && stall.stalled(&broker, inflight.is_empty()).await {
+                        break None;
+                    }
                     crate::telemetry::connected(broker.is_connected());
                     if broker.is_connected() {
                         down_since = None;
@@ -652,6 +665,7 @@ async fn consume_loop(
                     break;
                 };
                 consuming.store(true, Ordering::Relaxed);
+                stall.reset();
                 // Deliveries of the old consumer settle (or not) on its own channel.
                 let (fresh_settler, fresh_task) = Settler::start(batched);
                 drop(std::mem::replace(&mut settler, fresh_settler));

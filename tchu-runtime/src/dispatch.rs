@@ -144,6 +144,8 @@ pub(crate) struct Dispatcher {
     /// The longest a handler may run (handlers with their own `timeout` keep theirs).
     pub(crate) handler_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
+    /// Where a delivery no local handler matches goes (ops: topology.rs, rolling deploys).
+    pub(crate) topology: crate::topology::Topology,
 }
 
 fn now_ms() -> i64 {
@@ -546,9 +548,21 @@ impl Dispatcher {
             idx.retain(|&i| only.contains(&self.registry.entries()[i].id));
         }
         if idx.is_empty() {
-            return self
-                .carry_out(&received, decide_unmatched(&decoded.topic))
-                .await;
+            // Another running version may handle it (ops: topology.rs, rolling deploys).
+            let verdict = if is_rpc {
+                decide_unmatched(&decoded.topic)
+            } else {
+                crate::topology::unmatched_verdict(
+                    &self.topology,
+                    self.broker(),
+                    &message,
+                    &decoded.topic,
+                    history.only.as_deref(),
+                    || refusal_backoff(self.stats.refused()),
+                )
+                .await
+            };
+            return self.carry_out(&received, verdict).await;
         }
         let entries: Vec<&HandlerEntry> =
             idx.iter().map(|&i| &self.registry.entries()[i]).collect();

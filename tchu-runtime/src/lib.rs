@@ -40,7 +40,7 @@ pub use config::{
     DEFAULT_PREFETCH, TlsConfig, redact,
 };
 pub use context::Context;
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, DeadLetterBrowser};
 pub use dispatch::{Stats, StatsSnapshot};
 pub use error::{BrokerError, CallError, ConfigError, Error, PublishError, RpcError};
 pub use event::Event;

@@ -3,6 +3,7 @@
 
 pub use tchu_macros::{event, subscribe};
 
+pub use tchu_runtime::DeadLetterBrowser;
 pub use tchu_runtime::{
     App, Backoff, BrokerError, BrokerUrl, CallError, Client, ClientCert, Config, ConfigError,
     Context, DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health,

@@ -68,7 +68,13 @@ impl Names {
     pub async fn cleanup(&self, client: &Client, services: &[&str], extra: &[&str]) {
         for s in services {
             let q = self.service(s);
-            for name in [q.clone(), format!("{q}.dlq"), format!("{q}.tchu.bindings")] {
+            for name in [
+                q.clone(),
+                format!("{q}.dlq"),
+                format!("{q}.tchu.bindings"),
+                // Declared on first use, in a rolling deploy (topology.rs).
+                format!("{q}.tchu.handoff"),
+            ] {
                 let _ = client.delete_queue(&name).await;
             }
         }

@@ -414,17 +414,18 @@ impl AmqpBroker {
         }
     }
 
-    pub(crate) async fn get(&self, queue: &str) -> Result<Option<Message>, BrokerError> {
-        self.with_channel(&format!("cannot get from `{queue}`"), |ch| async move {
-            let got = ch
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await?;
-            Ok(got.map(|mut g| {
-                let body = std::mem::take(&mut g.delivery.data);
-                from_lapin_delivery(&g.delivery, body)
-            }))
+    /// Opens a channel of its own for reading `queue` with basic.get and manual acks.
+    pub(crate) async fn browse(&self, queue: &str) -> Result<AmqpBrowser, BrokerError> {
+        let channel = self
+            .inner()
+            .conn
+            .create_channel()
+            .await
+            .map_err(err("cannot open a channel"))?;
+        Ok(AmqpBrowser {
+            channel,
+            queue: queue.to_owned(),
         })
-        .await
     }
 
     pub(crate) async fn consume(
@@ -486,6 +487,58 @@ impl AmqpBroker {
                     .await?;
                 Ok(q.message_count())
             },
+        )
+        .await
+    }
+
+    /// Consumers of `queue`, `None` when it does not exist (passive declare).
+    pub(crate) async fn consumer_count(&self, queue: &str) -> Result<Option<u32>, BrokerError> {
+        self.with_channel_map(
+            |ch| async move {
+                let q = ch
+                    .queue_declare(
+                        queue.into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match q {
+                    Ok(q) => Ok(Some(q.consumer_count())),
+                    Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            },
+            |e| BrokerError::with_source(format!("cannot inspect queue `{queue}`"), e),
+        )
+        .await
+    }
+
+    /// Takes the lock `name`: an exclusive queue of this connection (so a crash releases it).
+    /// `false` when another connection holds it.
+    pub(crate) async fn try_lock(&self, name: &str) -> Result<bool, BrokerError> {
+        self.with_channel_map(
+            |ch| async move {
+                let q = ch
+                    .queue_declare(
+                        name.into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match q {
+                    Ok(_) => Ok(true),
+                    Err(e) if is_soft(&e, AMQPSoftError::RESOURCELOCKED) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            },
+            |e| BrokerError::with_source(format!("cannot take the lock `{name}`"), e),
         )
         .await
     }
@@ -554,6 +607,43 @@ impl AmqpConsumer {
     /// Closes the consumer's channel: unsettled deliveries return to the queue.
     pub(crate) async fn close(self) {
         let _ = self.channel.close(200, ShortString::from("shutdown")).await;
+    }
+}
+
+/// Reads one queue with basic.get and manual acks on a channel of its own: what is not acked
+/// returns to the queue when the channel closes (or the connection, or the process, dies).
+#[derive(Debug)]
+pub(crate) struct AmqpBrowser {
+    channel: Channel,
+    queue: String,
+}
+
+impl AmqpBrowser {
+    pub(crate) async fn next(&mut self) -> Result<Option<InboundDelivery>, BrokerError> {
+        let got = self
+            .channel
+            .basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(|e| {
+                BrokerError::with_source(format!("cannot get from `{}`", self.queue), e)
+            })?;
+        Ok(got.map(|g| {
+            let mut d = g.delivery;
+            let body = std::mem::take(&mut d.data);
+            InboundDelivery {
+                message: from_lapin_delivery(&d, body),
+                redelivered: d.redelivered,
+                acker: crate::broker::Acker::Amqp(AmqpAcker(d.acker)),
+            }
+        }))
+    }
+
+    /// Closes the channel: everything read and not acked returns to the queue.
+    pub(crate) async fn close(self) {
+        let _ = self.channel.close(200, ShortString::from("done")).await;
     }
 }
 
@@ -629,6 +719,13 @@ async fn subscribe_replies(publish: &Channel, tx: ReplySender) -> Result<(), Bro
 }
 
 /// Whether a declare was refused because the entity exists with other arguments.
+fn is_soft(e: &lapin::Error, kind: AMQPSoftError) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(p) if p.kind() == &AMQPErrorKind::Soft(kind)
+    )
+}
+
 fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(
         e.kind(),

@@ -6,6 +6,7 @@
 
 pub(crate) mod amqp;
 pub(crate) mod memory;
+pub(crate) mod stall;
 
 use std::time::Duration;
 
@@ -174,6 +175,33 @@ impl Consumer {
     }
 }
 
+/// Reads a queue one message at a time without taking anything away (basic.get with manual
+/// acks): whatever is read and not acked goes back to the queue, in order and marked
+/// redelivered, when the browser closes, is dropped, or its process dies.
+#[derive(Debug)]
+pub(crate) enum Browser {
+    Amqp(amqp::AmqpBrowser),
+    Memory(memory::MemoryConsumer),
+}
+
+impl Browser {
+    /// The next ready message, unacked; `None` when the queue has no ready message.
+    pub(crate) async fn next(&mut self) -> Result<Option<InboundDelivery>, BrokerError> {
+        match self {
+            Browser::Amqp(b) => b.next().await,
+            Browser::Memory(c) => Ok(c.try_next()),
+        }
+    }
+
+    /// Ends the browse: every message read and not acked returns to the queue.
+    pub(crate) async fn close(self) {
+        match self {
+            Browser::Amqp(b) => b.close().await,
+            Browser::Memory(c) => drop(c),
+        }
+    }
+}
+
 /// Replies to this client's RPC calls, from every responder.
 #[derive(Debug)]
 pub(crate) enum ReplyConsumer {
@@ -249,11 +277,11 @@ impl Broker {
         }
     }
 
-    /// Takes one message off a queue and acknowledges it (basic.get).
-    pub(crate) async fn get(&self, queue: &str) -> Result<Option<Message>, BrokerError> {
+    /// Starts reading `queue` without removing anything (see [`Browser`]).
+    pub(crate) async fn browse(&self, queue: &str) -> Result<Browser, BrokerError> {
         match self {
-            Broker::Amqp(b) => b.get(queue).await,
-            Broker::Memory(b) => b.get(queue),
+            Broker::Amqp(b) => b.browse(queue).await.map(Browser::Amqp),
+            Broker::Memory(b) => b.consume(queue, 0).map(Browser::Memory),
         }
     }
 
@@ -285,6 +313,23 @@ impl Broker {
         match self {
             Broker::Amqp(b) => b.queue_len(queue).await,
             Broker::Memory(b) => b.queue_len(queue),
+        }
+    }
+
+    /// Consumers of a queue, `None` when it does not exist.
+    pub(crate) async fn consumer_count(&self, queue: &str) -> Result<Option<u32>, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.consumer_count(queue).await,
+            Broker::Memory(b) => Ok(b.consumer_count(queue)),
+        }
+    }
+
+    /// Takes the lock `name` (a queue only this connection may use, gone with it); `false`
+    /// when someone else holds it. [`Broker::delete_queue`] releases it.
+    pub(crate) async fn try_lock(&self, name: &str) -> Result<bool, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.try_lock(name).await,
+            Broker::Memory(b) => Ok(b.try_lock(name)),
         }
     }
 
