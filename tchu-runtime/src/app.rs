@@ -17,10 +17,11 @@ use crate::client::Client;
 use crate::config::Config;
 use crate::context::ContextHelpers;
 use crate::dispatch::{Dispatcher, Stats, StatsSnapshot};
-use crate::error::{ConfigError, Error};
+use crate::error::{ConfigError, Error, SubscriptionError};
 use crate::event::Event;
 use crate::handler::Meta;
 use crate::handler::{Delivery, IntoOutcome, StateMap};
+use crate::health::{Health, HealthCheck};
 use crate::registry::{BoxFuture, HandlerEntry, Registry, Subscription};
 use crate::retry::RetryPolicy;
 use crate::topic::Pattern;
@@ -41,7 +42,7 @@ pub struct App {
     client: Option<Client>,
     filter: Option<SubscriptionFilter>,
     extra: Vec<HandlerEntry>,
-    errors: Vec<String>,
+    errors: Vec<SubscriptionError>,
     state: StateMap,
     contexts: ContextHelpers,
     publish_only: bool,
@@ -99,17 +100,17 @@ impl App {
         self
     }
 
-    /// Sets the prefetch window.
+    /// Sets the prefetch window (at least 1: 0 is refused at start).
     #[must_use]
     pub fn prefetch(mut self, n: u16) -> Self {
         self.config.prefetch = n;
         self
     }
 
-    /// Sets how many deliveries are handled at once.
+    /// Sets how many deliveries are handled at once (at least 1: 0 is refused at start).
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.config.concurrency = n.max(1);
+        self.config.concurrency = n;
         self
     }
 
@@ -233,24 +234,28 @@ impl App {
                     retry: None,
                 });
             }
-            Err(e) => self
-                .errors
-                .push(format!("handler `{id}`: pattern `{pattern}`: {e}")),
+            Err(source) => self.errors.push(SubscriptionError::BadPattern {
+                handler: id.to_owned(),
+                pattern: pattern.to_owned(),
+                source,
+            }),
         }
         self
     }
 
     fn registry(&mut self) -> Result<Registry, Error> {
-        if !self.errors.is_empty() {
-            return Err(Error::Registry(self.errors.join("; ")));
+        match self.errors.len() {
+            0 => {}
+            1 => return Err(self.errors.remove(0).into()),
+            _ => return Err(SubscriptionError::Many(std::mem::take(&mut self.errors)).into()),
         }
         let mut subs = Registry::static_subscriptions();
         if let Some(f) = &self.filter {
             subs.retain(|s| f(s));
         }
-        let mut entries = Registry::entries_from(&subs).map_err(Error::Registry)?;
+        let mut entries = Registry::entries_from(&subs)?;
         entries.append(&mut self.extra);
-        Registry::from_entries(entries).map_err(Error::Registry)
+        Ok(Registry::from_entries(entries)?)
     }
 
     /// Connects, declares the topology and starts consuming in the background.
@@ -258,6 +263,7 @@ impl App {
     /// # Errors
     /// Bad settings, invalid or missing subscriptions, or broker failures.
     pub async fn start(mut self) -> Result<Running, Error> {
+        self.config.check()?;
         let registry = self.registry()?;
         if registry.is_empty() && !self.publish_only {
             return Err(Error::NoSubscriptions);
@@ -380,46 +386,6 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Whether a service is connected and consuming, from [`Running::health`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Health {
-    /// The broker connection is up.
-    pub connected: bool,
-    /// The consume loop holds a live consumer (false before start, while reconnecting, and
-    /// from the moment a shutdown is requested).
-    pub consuming: bool,
-    has_consumer: bool,
-}
-
-impl Health {
-    /// Connected, and consuming unless the service is publish-only. `/healthz` and `/readyz`
-    /// answer 200 exactly when this is true.
-    pub fn is_healthy(&self) -> bool {
-        self.connected && (self.consuming || !self.has_consumer)
-    }
-}
-
-/// Reads the health of a running service from anywhere (a cheap clone, `'static`), e.g. from
-/// your own HTTP server's probe handler. From [`Running::health_check`].
-#[derive(Debug, Clone)]
-pub struct HealthCheck {
-    client: Client,
-    consuming: Arc<AtomicBool>,
-    has_consumer: bool,
-}
-
-impl HealthCheck {
-    /// The health right now.
-    pub fn health(&self) -> Health {
-        Health {
-            connected: self.client.is_connected(),
-            consuming: self.consuming.load(Ordering::Relaxed),
-            has_consumer: self.has_consumer,
-        }
     }
 }
 
@@ -574,7 +540,7 @@ async fn consume_loop(
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut inflight = JoinSet::new();
     let broker = dispatcher.client.broker().clone();
-    let batched = !matches!(broker, Broker::Memory(_));
+    let batched = broker.batches_acks();
     let (mut settler, mut settler_task) = Settler::start(batched);
     // lapin's recovery may never complete: a connection down for longer than this is replaced.
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
@@ -623,7 +589,7 @@ async fn consume_loop(
                 // lapin may resume the consumer after recovering; if not, it ends next.
                 tracing::warn!(error = %e, "consumer error");
             }
-            None if matches!(broker, Broker::Memory(_)) => {
+            None if !broker.recovers() => {
                 tracing::warn!("consumer ended");
                 break;
             }

@@ -11,13 +11,15 @@ use tracing::field::Empty;
 
 use crate::broker::amqp::AmqpBroker;
 use crate::broker::{Broker, Confirm};
-use crate::config::{BrokerUrl, Config, TlsConfig};
+use crate::config::Config;
 use crate::error::{CallError, ConfigError, Error, PublishError};
 use crate::event::Event;
 use crate::message::Message;
 use crate::rpc::Rpc;
+use crate::tls::TlsConfig;
 use crate::topic::check_topic;
 use crate::trace;
+use crate::url::BrokerUrl;
 use crate::wire::{self, Reply};
 
 /// The id of a published message (the Celery task id in the Celery format).
@@ -90,15 +92,15 @@ impl Client {
     /// The broker cannot be reached; an `amqps://` URL in a build without the `tls` feature;
     /// TLS settings with no `amqps://` URL.
     pub async fn connect(config: Config) -> Result<Client, Error> {
+        config.check()?;
         let broker = match &config.broker {
             BrokerUrl::Amqp(urls) => {
                 check_tls(urls, &config.tls)?;
                 let name = config.service.clone().unwrap_or_else(|| "tchu".to_owned());
-                Broker::Amqp(
-                    AmqpBroker::connect(urls, &name, config.publish_timeout, &config.tls).await?,
-                )
+                Broker::Amqp(AmqpBroker::connect(urls, &name, &config).await?)
             }
-            BrokerUrl::Memory(m) => Broker::Memory(m.clone()),
+            // `memory://` alone is a new in-process broker; `Config::memory` attaches one.
+            BrokerUrl::Memory => Broker::Memory(config.in_process().cloned().unwrap_or_default()),
         };
         broker.declare_exchange(&config.exchange).await?;
         crate::telemetry::connected(broker.is_connected());

@@ -10,51 +10,59 @@ mod client;
 mod config;
 mod context;
 mod dead_letter;
+mod defaults;
 mod dispatch;
 mod error;
 mod event;
 #[cfg(feature = "prometheus")]
 mod exporter;
 mod handler;
+mod health;
 pub mod message;
+mod queue_type;
 mod registry;
 mod retry;
 mod rpc;
 mod tail;
 pub mod telemetry;
 pub mod testing;
+mod tls;
 pub mod topic;
 mod topology;
 pub mod trace;
+mod url;
 pub mod wire;
 
-pub use app::{App, Health, HealthCheck, Running, run};
-pub use broker::QueueType;
+pub use app::{App, Running, run};
 pub use broker::memory::MemoryBroker;
 pub use catalog::{Catalog, EventEntry, SubscriptionEntry, catalog};
 pub use client::{
     Client, MessageId, call, call_event, default_client, publish, publish_event, set_default,
 };
-pub use config::{
-    BrokerUrl, ClientCert, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
-    DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS, DEFAULT_PREFETCH, TlsConfig, redact,
-};
+pub use config::{Config, MAX_SERVICE_BYTES};
 pub use context::Context;
 pub use dead_letter::DeadLetter;
+pub use defaults::*;
 pub use dispatch::{Stats, StatsSnapshot};
-pub use error::{BrokerError, CallError, ConfigError, Error, PublishError, RpcError};
+pub use error::{
+    BrokerError, CallError, ConfigError, Error, PublishError, RpcError, SubscriptionError,
+};
 pub use event::Event;
 pub use handler::{
     Delivery, Failure, FromDelivery, HandlerError, IntoOutcome, Meta, Outcome, Rejection,
     RejectionKind, State, extract_event, extracted,
 };
+pub use health::{Health, HealthCheck};
+pub use queue_type::{QueueType, UnknownQueueType};
 pub use registry::{
     BoxFuture, EventInfo, HandlerEntry, HandlerFn, OptionalSchemaFn, ProbeJsonSchema,
     ProbeNoSchema, Registry, SchemaFn, SchemaProbe, Subscription, object_schema, schema_of,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use tail::TailedEvent;
+pub use tls::{ClientCert, TlsConfig};
 pub use topic::{Pattern, Topic, TopicError, TopicTrie, check_pattern, check_topic};
+pub use url::{BrokerUrl, redact};
 
 #[doc(hidden)]
 pub use inventory;

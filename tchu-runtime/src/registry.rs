@@ -221,8 +221,10 @@ impl Registry {
     /// Builds from handler entries, rejecting duplicate ids.
     ///
     /// # Errors
-    /// A text naming every duplicate id.
-    pub fn from_entries(mut entries: Vec<HandlerEntry>) -> Result<Registry, String> {
+    /// Every duplicate id.
+    pub fn from_entries(
+        mut entries: Vec<HandlerEntry>,
+    ) -> Result<Registry, crate::error::SubscriptionError> {
         entries.sort_by(|a, b| a.id.cmp(&b.id));
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for e in &entries {
@@ -234,10 +236,9 @@ impl Registry {
             .map(|(id, _)| id)
             .collect();
         if !dups.is_empty() {
-            return Err(format!(
-                "duplicate handler ids: {}; give each handler a distinct `id = \"...\"`",
-                dups.join(", ")
-            ));
+            return Err(crate::error::SubscriptionError::DuplicateIds {
+                ids: dups.into_iter().map(str::to_owned).collect(),
+            });
         }
         let mut trie = TopicTrie::new();
         for (i, e) in entries.iter().enumerate() {
@@ -249,12 +250,19 @@ impl Registry {
     /// Converts link-time subscriptions to entries.
     ///
     /// # Errors
-    /// A text naming an invalid pattern (only reachable by hand-built subscriptions).
-    pub fn entries_from(subs: &[Subscription]) -> Result<Vec<HandlerEntry>, String> {
+    /// An invalid pattern (only reachable by hand-built subscriptions).
+    pub fn entries_from(
+        subs: &[Subscription],
+    ) -> Result<Vec<HandlerEntry>, crate::error::SubscriptionError> {
         subs.iter()
             .map(|s| {
-                let pattern = Pattern::new(s.pattern)
-                    .map_err(|e| format!("handler `{}`: pattern `{}`: {e}", s.id, s.pattern))?;
+                let pattern = Pattern::new(s.pattern).map_err(|source| {
+                    crate::error::SubscriptionError::BadPattern {
+                        handler: s.id.to_owned(),
+                        pattern: s.pattern.to_owned(),
+                        source,
+                    }
+                })?;
                 let f = s.handler;
                 Ok(HandlerEntry {
                     id: s.id.to_owned(),

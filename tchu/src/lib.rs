@@ -7,8 +7,9 @@ pub use tchu_runtime::{
     App, Backoff, BrokerError, BrokerUrl, CallError, Client, ClientCert, Config, ConfigError,
     Context, DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health,
     HealthCheck, MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection,
-    RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot, TlsConfig, Topic,
-    TopicError, call, default_client, publish, run, set_default,
+    RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot, SubscriptionError,
+    TlsConfig, Topic, TopicError, UnknownQueueType, call, default_client, publish, run,
+    set_default,
 };
 pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
 
@@ -26,8 +27,9 @@ pub mod wire {
 /// Settings defaults and helpers.
 pub mod config {
     pub use tchu_runtime::{
-        DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY, DEFAULT_EXCHANGE,
-        DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS, DEFAULT_PREFETCH, redact,
+        DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS, DEFAULT_PREFETCH,
+        DEFAULT_PUBLISH_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, MAX_NAME_BYTES, MAX_SERVICE_BYTES, redact,
     };
 }
 

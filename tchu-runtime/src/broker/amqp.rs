@@ -34,9 +34,11 @@ use lapin::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
 use crate::broker::{Confirm, InboundDelivery, QueueSpec, QueueType, ReplyConsumer};
-use crate::config::{ClientCert, TlsConfig, redact};
+use crate::config::Config;
 use crate::error::BrokerError;
 use crate::message::{HeaderValue, Headers, Message, Properties};
+use crate::tls::{ClientCert, TlsConfig};
+use crate::url::redact;
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -48,8 +50,6 @@ pub(crate) const RECOVERY_GRACE: Duration = Duration::from_secs(3);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an abandoned connection is watched, to close it if lapin recovers it.
 const ABANDONED_WATCH: Duration = Duration::from_secs(3600);
-/// The longest one node may take to accept a connection before the next one is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Inner {
@@ -67,6 +67,8 @@ struct Shared {
     urls: Vec<String>,
     name: String,
     publish_timeout: Duration,
+    /// The longest one node may take to accept a connection before the next one is tried.
+    connect_timeout: Duration,
     /// For `amqps://` nodes.
     tls: TlsConfig,
     current: std::sync::RwLock<Arc<Inner>>,
@@ -92,16 +94,16 @@ impl AmqpBroker {
     pub(crate) async fn connect(
         urls: &[String],
         name: &str,
-        publish_timeout: Duration,
-        tls: &TlsConfig,
+        config: &Config,
     ) -> Result<Self, BrokerError> {
-        let inner = open_any(urls, 0, name, tls, None).await?;
+        let inner = open_any(urls, 0, name, &config.tls, config.connect_timeout, None).await?;
         Ok(AmqpBroker {
             shared: Arc::new(Shared {
                 urls: urls.to_vec(),
                 name: name.to_owned(),
-                publish_timeout,
-                tls: tls.clone(),
+                publish_timeout: config.publish_timeout,
+                connect_timeout: config.connect_timeout,
+                tls: config.tls.clone(),
                 current: std::sync::RwLock::new(Arc::new(inner)),
                 reconnecting: tokio::sync::Mutex::new(()),
                 replies: std::sync::Mutex::new(None),
@@ -137,6 +139,7 @@ impl AmqpBroker {
             seen.node + 1,
             &self.shared.name,
             &self.shared.tls,
+            self.shared.connect_timeout,
             self.reply_sender(),
         )
         .await?;
@@ -645,6 +648,7 @@ async fn open_any(
     start: usize,
     name: &str,
     tls: &TlsConfig,
+    connect_timeout: Duration,
     replies: Option<ReplySender>,
 ) -> Result<Inner, BrokerError> {
     let mut last = None;
@@ -659,7 +663,7 @@ async fn open_any(
             }
             Ok::<_, BrokerError>(inner)
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        match tokio::time::timeout(connect_timeout, attempt).await {
             Ok(Ok(inner)) => {
                 if urls.len() > 1 {
                     tracing::info!(node = %redact(url), "connected to broker node");
