@@ -46,6 +46,8 @@ pub struct App {
     state: StateMap,
     contexts: ContextHelpers,
     publish_only: bool,
+    /// Close the given client when [`App::run`] ends ([`run`]'s default client).
+    close_client: bool,
 }
 
 impl std::fmt::Debug for App {
@@ -70,6 +72,7 @@ impl App {
             state: StateMap::default(),
             contexts: ContextHelpers::default(),
             publish_only: false,
+            close_client: false,
         }
     }
 
@@ -273,10 +276,26 @@ impl App {
             .service
             .clone()
             .ok_or(ConfigError::NoServiceName)?;
+        let owns_client = self.client.is_none() || self.close_client;
         let client = match self.client.take() {
             Some(c) => c,
             None => Client::connect(self.config.clone()).await?,
         };
+        tracing::info!(
+            service = %service,
+            broker = %self.config.broker,
+            exchange = %self.config.exchange,
+            queue = %service,
+            queue_type = %self.config.queue_type,
+            prefetch = self.config.prefetch,
+            concurrency = self.config.concurrency,
+            format = ?self.config.format,
+            handlers = registry.entries().len(),
+            "tchu service starting"
+        );
+        for e in registry.entries() {
+            tracing::info!(handler = %e.id, pattern = %e.pattern, "handler linked");
+        }
         // publish()/call() inside handlers use the default client: make it this one if unset.
         let _ = crate::client::set_default(client.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -292,7 +311,7 @@ impl App {
             };
             let declared = topology.declare(client.broker()).await?;
             let prefetch = self.config.prefetch;
-            tracing::info!(service = %service, bindings = ?declared.bound, removed = ?declared.unbound, "topology declared");
+            tracing::info!(service = %service, queue = %service, added = ?declared.bound, removed = ?declared.unbound, "bindings declared");
             let consumer = client
                 .broker()
                 .consume(&service, self.config.prefetch)
@@ -334,6 +353,7 @@ impl App {
         };
         Ok(Running {
             client,
+            owns_client,
             service,
             stop: stop_tx,
             task,
@@ -347,11 +367,30 @@ impl App {
     ///
     /// # Errors
     /// See [`App::start`].
+    ///
+    /// Installs tchu's default log output first when the process has none
+    /// ([`init_default_logs`](crate::telemetry::init_default_logs)), and closes the connection
+    /// at the end unless the client was given with [`App::client`].
     pub async fn run(self) -> Result<(), Error> {
+        crate::telemetry::init_default_logs();
         let running = self.start().await?;
         shutdown_signal().await;
         tracing::info!("shutdown requested");
-        running.shutdown().await;
+        let client = running.client.clone();
+        let close = running.owns_client;
+        let stats = running.shutdown().await;
+        tracing::info!(
+            received = stats.received,
+            handled = stats.handled,
+            failed = stats.failed,
+            dead_lettered = stats.dead_lettered,
+            "tchu service stopped"
+        );
+        if close {
+            // Bounded: closing a connection that is down may never complete. Closed before
+            // `main` returns, lapin's I/O thread does not panic at the runtime's shutdown.
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.close()).await;
+        }
         Ok(())
     }
 }
@@ -361,10 +400,17 @@ impl App {
 ///
 /// # Errors
 /// Bad settings, no subscriptions, or an unreachable broker.
+///
+/// Installs tchu's default log output when the process has none (see
+/// [`init_default_logs`](crate::telemetry::init_default_logs)), and closes the connection at
+/// the end.
 pub async fn run() -> Result<(), Error> {
+    crate::telemetry::init_default_logs();
     let app = App::from_env()?;
     let client = crate::client::default_client().await?;
-    app.client(client).run().await
+    let mut app = app.client(client);
+    app.close_client = true;
+    app.run().await
 }
 
 async fn shutdown_signal() {
@@ -423,6 +469,9 @@ async fn start_exporter(addr: SocketAddr, _: HealthCheck) -> Option<MetricsServe
 #[derive(Debug)]
 pub struct Running {
     client: Client,
+    /// Whether [`App::run`] closes the client at the end (it made it, or it is the process's
+    /// default client of [`run`]).
+    owns_client: bool,
     service: String,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,

@@ -120,8 +120,8 @@ pub enum PublishError {
         source: BrokerError,
     },
     /// No default client was set, and connecting one from the environment failed (the cause
-    /// is shown; set one with `tchu::connect()`, `tchu::set_default()` or `tchu::run()`).
-    #[error("no tchu client: {0}")]
+    /// is shown; `tchu::connect()` at start fails fast instead, `tchu::set_default()` sets one).
+    #[error("cannot connect the default tchu client from the environment: {0}")]
     NoClient(#[source] Box<crate::Error>),
 }
 
@@ -338,15 +338,16 @@ fn report(
 ) -> std::fmt::Result {
     write!(f, "{e}")?;
     let mut cause = e.source();
-    if cause.is_some() {
-        f.write_str("\n\nCaused by:")?;
-    }
     let mut shown = e.to_string();
     let mut n = 0;
     while let Some(c) = cause {
         let text = c.to_string();
-        // `#[error(transparent)]` layers repeat their source's text: show it once.
-        if text != shown {
+        // `#[error(transparent)]` layers, and messages that end with their cause, repeat the
+        // cause's text: show it once.
+        if !shown.ends_with(&text) {
+            if n == 0 {
+                f.write_str("\n\nCaused by:")?;
+            }
             write!(f, "\n    {n}: {text}")?;
             n += 1;
         }
@@ -354,6 +355,21 @@ fn report(
         cause = c.source();
     }
     Ok(())
+}
+
+/// An error's message followed by its causes, on one line (`a: b: c`), each shown once.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 macro_rules! readable_debug {

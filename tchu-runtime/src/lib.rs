@@ -37,7 +37,8 @@ pub use app::{App, Running, run};
 pub use broker::memory::MemoryBroker;
 pub use catalog::{Catalog, EventEntry, SubscriptionEntry, catalog};
 pub use client::{
-    Client, MessageId, call, call_event, default_client, publish, publish_event, set_default,
+    Client, MessageId, call, call_event, connect, default_client, publish, publish_event,
+    set_default,
 };
 pub use config::{Config, MAX_SERVICE_BYTES};
 pub use context::Context;

@@ -8,7 +8,7 @@ pub use tchu_runtime::{
     Context, DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health,
     HealthCheck, MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection,
     RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot, SubscriptionError,
-    TlsConfig, Topic, TopicError, UnknownQueueType, call, default_client, publish, run,
+    TlsConfig, Topic, TopicError, UnknownQueueType, call, connect, default_client, publish, run,
     set_default,
 };
 pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};

@@ -651,12 +651,12 @@ async fn open_any(
     connect_timeout: Duration,
     replies: Option<ReplySender>,
 ) -> Result<Inner, BrokerError> {
-    let mut last = None;
+    let mut failures = Vec::new();
     for k in 0..urls.len() {
         let node = (start + k) % urls.len();
         let url = &urls[node];
         let attempt = async {
-            let mut inner = open(url, name, tls).await?;
+            let mut inner = open(url, name, tls, connect_timeout).await?;
             inner.node = node;
             if let Some(tx) = &replies {
                 subscribe_replies(&inner.publish, tx.clone()).await?;
@@ -671,25 +671,37 @@ async fn open_any(
                 return Ok(inner);
             }
             Ok(Err(e)) => {
-                tracing::warn!(node = %redact(url), error = %e, "cannot connect to broker node");
-                last = Some(e);
+                if urls.len() > 1 {
+                    tracing::warn!(node = %redact(url), error = %e, "cannot connect to broker node");
+                }
+                failures.push(e);
             }
             Err(_) => {
-                tracing::warn!(node = %redact(url), "connecting to broker node timed out");
-                last = Some(BrokerError::new(format!(
-                    "connecting to {} timed out",
+                if urls.len() > 1 {
+                    tracing::warn!(node = %redact(url), "connecting to broker node timed out");
+                }
+                failures.push(BrokerError::new(format!(
+                    "cannot connect to the broker at {}: no answer within {connect_timeout:?} \
+                     (TCHU_CONNECT_TIMEOUT)",
                     redact(url)
                 )));
             }
         }
     }
-    Err(match last {
-        Some(e) if urls.len() == 1 => e,
-        Some(e) => BrokerError::with_source(
-            format!("cannot connect to any of the {} broker nodes", urls.len()),
-            e,
-        ),
-        None => BrokerError::new("no broker URL"),
+    Err(match failures.len() {
+        0 => BrokerError::new("no broker URL"),
+        1 => failures.remove(0),
+        n => {
+            let each: Vec<String> = failures
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{}) {}", i + 1, crate::error::chain(e)))
+                .collect();
+            BrokerError::new(format!(
+                "cannot connect to any of the {n} broker nodes: {}",
+                each.join("; ")
+            ))
+        }
     })
 }
 
@@ -753,7 +765,11 @@ fn connect_error(url: &str, e: lapin::Error) -> BrokerError {
     let node = redact(url);
     match tls_hint(&e.to_string()).filter(|_| url.starts_with("amqps://")) {
         Some(h) => BrokerError::with_source(format!("TLS connection to {node} failed: {h}"), e),
-        None => BrokerError::with_source(format!("cannot connect to the broker at {node}"), e),
+        // The cause in the message itself: logs and `Display` show it too.
+        None => BrokerError::new(format!(
+            "cannot connect to the broker at {node}: {}",
+            e.to_string().replace(url, &node)
+        )),
     }
 }
 
@@ -822,8 +838,60 @@ async fn check_tls(url: &str, tls: &lapin::tcp::OwnedTLSConfig) -> Result<(), Br
     ))
 }
 
+/// Resolves the host of `url` and opens (and closes at once) a plain TCP connection to it,
+/// within `timeout`: lapin retries failed TCP connects with backoff, which turns a refused port
+/// into a long wait ending in "timed out" (and leaves its I/O thread retrying). This way an
+/// unknown host, a refused connection and a silent host each fail at once with their cause.
+async fn probe_tcp(url: &str, timeout: Duration) -> Result<(), BrokerError> {
+    // A URL lapin cannot read is reported by lapin's own connect.
+    let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() else {
+        return Ok(());
+    };
+    let node = redact(url);
+    let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+    let target = format!("{host}:{port}");
+    let probe = tokio::task::spawn_blocking(move || {
+        use std::net::ToSocketAddrs as _;
+        let addrs: Vec<std::net::SocketAddr> = match (host.as_str(), port).to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => return Err(format!("cannot resolve the host name `{host}`: {e}")),
+        };
+        let mut why = Vec::new();
+        for addr in &addrs {
+            match std::net::TcpStream::connect_timeout(addr, timeout) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    why.push(format!(
+                        "{addr}: no answer within {timeout:?} (TCHU_CONNECT_TIMEOUT)"
+                    ));
+                }
+                Err(e) => why.push(format!("{addr}: {e}")),
+            }
+        }
+        if why.is_empty() {
+            return Err(format!("the host name `{host}` has no address"));
+        }
+        Err(why.join("; "))
+    });
+    let outcome = match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => return Ok(()), // the probe task failed: leave it to lapin
+        Err(_) => Err(format!(
+            "{target}: no answer within {timeout:?} (TCHU_CONNECT_TIMEOUT)"
+        )),
+    };
+    outcome
+        .map_err(|why| BrokerError::new(format!("cannot connect to the broker at {node}: {why}")))
+}
+
 /// Opens a connection with auto-recovery and its confirm-mode publish channel.
-async fn open(url: &str, name: &str, tls: &TlsConfig) -> Result<Inner, BrokerError> {
+async fn open(
+    url: &str,
+    name: &str,
+    tls: &TlsConfig,
+    connect_timeout: Duration,
+) -> Result<Inner, BrokerError> {
+    probe_tcp(url, connect_timeout).await?;
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(name.to_owned()))
         .enable_auto_recover();
