@@ -46,8 +46,8 @@ pub struct App {
     state: StateMap,
     contexts: ContextHelpers,
     publish_only: bool,
-    /// Close the given client when [`App::run`] ends ([`run`]'s default client).
-    close_client: bool,
+    /// Use (and at the end close) the process's default client ([`run`]).
+    default_client: bool,
 }
 
 impl std::fmt::Debug for App {
@@ -72,7 +72,7 @@ impl App {
             state: StateMap::default(),
             contexts: ContextHelpers::default(),
             publish_only: false,
-            close_client: false,
+            default_client: false,
         }
     }
 
@@ -256,6 +256,21 @@ impl App {
         if let Some(f) = &self.filter {
             subs.retain(|s| f(s));
         }
+        // A `State<T>` or `Context<T>` the app does not provide: refused now, not
+        // dead-lettered at every delivery.
+        let mut missing: Vec<SubscriptionError> = subs
+            .iter()
+            .flat_map(|s| {
+                (s.needs)()
+                    .into_iter()
+                    .filter_map(|n| n.check(s.id, &self.state, &self.contexts))
+            })
+            .collect();
+        match missing.len() {
+            0 => {}
+            1 => return Err(missing.remove(0).into()),
+            _ => return Err(SubscriptionError::Many(missing).into()),
+        }
         let mut entries = Registry::entries_from(&subs)?;
         entries.append(&mut self.extra);
         Ok(Registry::from_entries(entries)?)
@@ -276,9 +291,10 @@ impl App {
             .service
             .clone()
             .ok_or(ConfigError::NoServiceName)?;
-        let owns_client = self.client.is_none() || self.close_client;
+        let owns_client = self.client.is_none();
         let client = match self.client.take() {
             Some(c) => c,
+            None if self.default_client => crate::client::default_client().await?,
             None => Client::connect(self.config.clone()).await?,
         };
         tracing::info!(
@@ -406,10 +422,8 @@ impl App {
 /// the end.
 pub async fn run() -> Result<(), Error> {
     crate::telemetry::init_default_logs();
-    let app = App::from_env()?;
-    let client = crate::client::default_client().await?;
-    let mut app = app.client(client);
-    app.close_client = true;
+    let mut app = App::from_env()?;
+    app.default_client = true;
     app.run().await
 }
 
@@ -469,8 +483,8 @@ async fn start_exporter(addr: SocketAddr, _: HealthCheck) -> Option<MetricsServe
 #[derive(Debug)]
 pub struct Running {
     client: Client,
-    /// Whether [`App::run`] closes the client at the end (it made it, or it is the process's
-    /// default client of [`run`]).
+    /// Whether [`App::run`] closes the client at the end (it was not given with
+    /// [`App::client`]).
     owns_client: bool,
     service: String,
     stop: watch::Sender<bool>,

@@ -19,6 +19,7 @@ mod exporter;
 mod handler;
 mod health;
 pub mod message;
+mod needs;
 mod queue_type;
 mod registry;
 mod retry;
@@ -67,6 +68,8 @@ pub use url::{BrokerUrl, redact};
 
 #[doc(hidden)]
 pub use inventory;
+#[doc(hidden)]
+pub use needs::{Need, NeedProbe, ViaNeed, ViaNoNeed};
 /// The `schemars` crate, for `#[derive(tchu::JsonSchema)]` on types nested in events (add
 /// `#[schemars(crate = "tchu::schemars")]`).
 pub use schemars;

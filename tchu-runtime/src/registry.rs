@@ -32,6 +32,10 @@ pub struct Subscription {
     pub handler: HandlerFn,
     /// Per-handler retry settings, if any were given.
     pub retry: Option<RetryPolicy>,
+    /// What the handler's arguments need from the app (`State<T>`, `Context<T>`), checked at
+    /// start.
+    #[doc(hidden)]
+    pub needs: fn() -> Vec<crate::needs::Need>,
 }
 
 impl Subscription {
@@ -48,7 +52,15 @@ impl Subscription {
             pattern,
             handler,
             retry: None,
+            needs: crate::needs::no_needs,
         }
+    }
+
+    /// Records what the handler's arguments need (used by the macro).
+    #[doc(hidden)]
+    pub const fn with_needs(mut self, needs: fn() -> Vec<crate::needs::Need>) -> Self {
+        self.needs = needs;
+        self
     }
 
     /// Sets a retry policy (used by the macro).

@@ -51,6 +51,7 @@ pub mod __private {
     pub use core::{future::Future, option::Option, pin::Pin, result::Result, time::Duration};
     pub use std::boxed::Box;
     pub use std::sync::Arc;
+    pub use std::vec::Vec;
     pub use tchu_runtime::{
         Backoff, BoxFuture, Delivery, Event, Failure, FromDelivery, HandlerFn, IntoOutcome,
         MessageId, Rejection, RetryPolicy, Subscription, call_event, check_pattern, check_topic,
@@ -60,6 +61,8 @@ pub mod __private {
     pub use tchu_runtime::{
         EventInfo, ProbeJsonSchema, ProbeNoSchema, SchemaProbe, object_schema, schema_of, schemars,
     };
+    /// What handler arguments need from the app (`State<T>`, `Context<T>`).
+    pub use tchu_runtime::{Need, NeedProbe, ViaNeed, ViaNoNeed};
     /// For tests of the link-time registry.
     pub use tchu_runtime::{Outcome, Registry, TopicTrie};
 
