@@ -389,8 +389,10 @@ impl App {
     /// at the end unless the client was given with [`App::client`].
     pub async fn run(self) -> Result<(), Error> {
         crate::telemetry::init_default_logs();
+        // Listening before the start, so that a signal during it is not lost.
+        let signal = ShutdownSignal::new();
         let running = self.start().await?;
-        shutdown_signal().await;
+        signal.recv().await;
         tracing::info!("shutdown requested");
         let client = running.client.clone();
         let close = running.owns_client;
@@ -427,24 +429,37 @@ pub async fn run() -> Result<(), Error> {
     app.run().await
 }
 
-async fn shutdown_signal() {
+/// SIGINT or SIGTERM (Ctrl-C elsewhere), listened to from its creation on.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignal {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = signal(SignalKind::interrupt())
+                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                .ok();
+            ShutdownSignal { signals }
+        }
+        #[cfg(not(unix))]
+        {
+            ShutdownSignal {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(self) {
+        #[cfg(unix)]
+        if let Some((mut int, mut term)) = self.signals {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

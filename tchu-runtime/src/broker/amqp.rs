@@ -672,13 +672,13 @@ async fn open_any(
             }
             Ok(Err(e)) => {
                 if urls.len() > 1 {
-                    tracing::warn!(node = %redact(url), error = %e, "cannot connect to broker node");
+                    tracing::debug!(node = %redact(url), error = %e, "cannot connect to broker node");
                 }
                 failures.push(e);
             }
             Err(_) => {
                 if urls.len() > 1 {
-                    tracing::warn!(node = %redact(url), "connecting to broker node timed out");
+                    tracing::debug!(node = %redact(url), "connecting to broker node timed out");
                 }
                 failures.push(BrokerError::new(format!(
                     "cannot connect to the broker at {}: no answer within {connect_timeout:?} \
