@@ -33,8 +33,9 @@ type SubscriptionFilter = Box<dyn Fn(&Subscription) -> bool + Send + Sync>;
 /// A service being configured.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), tchu_runtime::Error> {
-/// tchu_runtime::App::from_env()?.prefetch(100).run().await
+/// # use tchu_runtime as tchu;
+/// # async fn demo() -> Result<(), tchu::Error> {
+/// tchu::App::from_env()?.prefetch(100).run().await
 /// # }
 /// ```
 pub struct App {

@@ -429,8 +429,9 @@ pub async fn default_client() -> Result<Client, Error> {
 /// ([`Client::close`]) before `main` returns.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), tchu_runtime::Error> {
-/// let client = tchu_runtime::connect().await?; // e.g. "cannot connect to the broker at ..."
+/// # use tchu_runtime as tchu;
+/// # async fn demo() -> Result<(), tchu::Error> {
+/// let client = tchu::connect().await?; // e.g. "cannot connect to the broker at ..."
 /// // ... event.publish().await? ...
 /// client.close().await;
 /// # Ok(())

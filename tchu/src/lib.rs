@@ -1,4 +1,4 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), warn(clippy::print_stdout))]
 
 pub use tchu_macros::{event, subscribe};
@@ -8,10 +8,19 @@ pub use tchu_runtime::{
     Context, DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health,
     HealthCheck, MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection,
     RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot, SubscriptionError,
-    TlsConfig, Topic, TopicError, UnknownQueueType, call, connect, default_client, publish, run,
+    TlsConfig, Topic, TopicError, UnknownQueueType, call, default_client, publish, run,
     set_default,
 };
 pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
+// Types that appear in the signatures above (`App::filter`, `App::subscribe`, `Meta::headers`,
+// `DeadLetter::message`, ...), nameable through the facade.
+pub use tchu_runtime::{IntoOutcome, MAX_SERVICE_BYTES, Outcome, Subscription, connect};
+
+/// Messages as tchu sees them on the wire: properties and AMQP header values (in
+/// [`Meta::headers`] and [`DeadLetter`]).
+pub mod message {
+    pub use tchu_runtime::message::{HeaderValue, Headers, Message, Properties};
+}
 
 pub use tchu_runtime::headers;
 pub use tchu_runtime::telemetry;

@@ -1,5 +1,5 @@
-//! The transports behind one crate-private interface: [`amqp`] (RabbitMQ over lapin) and
-//! [`memory`] (an in-process broker with the same semantics for demos and tests).
+//! The transports behind one crate-private interface: `amqp` (RabbitMQ over lapin) and
+//! `memory` (an in-process broker with the same semantics for demos and tests).
 //!
 //! `Broker` is an enum rather than a trait object: two variants, static dispatch, and async
 //! methods without boxing.
