@@ -309,6 +309,73 @@ fn publish_without_a_broker_says_why_and_an_invalid_event_is_refused_first() {
 }
 
 #[test]
+fn a_publish_to_a_silent_broker_fails_within_the_publish_timeout() {
+    let bin = example("first_hour");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let out = run(
+        &bin,
+        &[
+            ("TCHU_BROKER_URL", &url(&addr.to_string())),
+            ("TCHU_CONNECT_TIMEOUT", "20s"),
+            ("TCHU_PUBLISH_TIMEOUT", "1s"),
+            ("FIRST_HOUR_PUBLISH", "1"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_refused(
+        &out,
+        Duration::from_secs(5),
+        &[
+            "default tchu client",
+            "publish timeout (1s, TCHU_PUBLISH_TIMEOUT)",
+        ],
+    );
+    drop(silent);
+}
+
+#[test]
+fn the_cli_fails_fast_on_a_refused_broker_without_a_panic() {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "tchu-cli"])
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        )
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build -p tchu-cli");
+    assert!(status.success(), "building tchu-cli failed");
+    let port = closed_port();
+    let started = Instant::now();
+    let out = Command::new(profile_dir.join("tchu"))
+        .args(["publish", "first_hour.cli", "{}", "--url"])
+        .arg(url(&format!("127.0.0.1:{port}")))
+        .output()
+        .expect("run tchu");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- tchu publish ({took:?}, {:?}):\n{stderr}", out.status);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(1), "took {took:?}: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "127.0.0.1:{port}: Connection refused (os error 111)"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(SECRET) && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_state_the_app_does_not_provide_is_refused_at_start() {
     let bin = example("first_hour_state");
     // Refused before connecting: the broker address does not matter.

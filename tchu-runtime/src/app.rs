@@ -655,6 +655,11 @@ async fn consume_loop(
         };
         match next {
             Some(Ok(d)) => {
+                tracing::debug!(
+                    routing_key = %d.message.routing_key,
+                    redelivered = d.redelivered,
+                    "delivery received"
+                );
                 let disp = Arc::clone(&dispatcher);
                 let seq = settler.next_seq();
                 let settle = settler.handle();
