@@ -128,6 +128,10 @@ mod tests {
     struct Pool;
 
     #[test]
+    #[expect(
+        clippy::needless_borrow,
+        reason = "the borrow is the autoref trick, written as the macro writes it"
+    )]
     fn probes_find_state_and_context_only() {
         assert!((&NeedProbe::<State<Pool>>::new()).need().is_some());
         assert!((&NeedProbe::<Context<Pool>>::new()).need().is_some());
