@@ -9,7 +9,7 @@ use serde::Serialize;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
-use crate::broker::amqp::AmqpBroker;
+use crate::broker::amqp::{AmqpBroker, Timeouts};
 use crate::broker::{Broker, Confirm};
 use crate::config::Config;
 use crate::error::{CallError, ConfigError, Error, PublishError};
@@ -97,7 +97,11 @@ impl Client {
             BrokerUrl::Amqp(urls) => {
                 check_tls(urls, &config.tls)?;
                 let name = config.service.clone().unwrap_or_else(|| "tchu".to_owned());
-                Broker::Amqp(AmqpBroker::connect(urls, &name, &config).await?)
+                let timeouts = Timeouts {
+                    connect: config.connect_timeout,
+                    publish: config.publish_timeout,
+                };
+                Broker::Amqp(AmqpBroker::connect(urls, &name, timeouts, &config.tls).await?)
             }
             // `memory://` alone is a new in-process broker; `Config::memory` attaches one.
             BrokerUrl::Memory => Broker::Memory(config.in_process().cloned().unwrap_or_default()),

@@ -34,7 +34,6 @@ use lapin::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
 use crate::broker::{Confirm, InboundDelivery, QueueSpec, QueueType, ReplyConsumer};
-use crate::config::Config;
 use crate::error::BrokerError;
 use crate::message::{HeaderValue, Headers, Message, Properties};
 use crate::tls::{ClientCert, TlsConfig};
@@ -78,6 +77,15 @@ struct Shared {
     replies: std::sync::Mutex<Option<ReplySender>>,
 }
 
+/// The timeouts of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// The longest one node may take to accept a connection.
+    pub(crate) connect: Duration,
+    /// The longest a publish waits for its confirm, reconnection included.
+    pub(crate) publish: Duration,
+}
+
 /// A connection to RabbitMQ.
 #[derive(Debug, Clone)]
 pub(crate) struct AmqpBroker {
@@ -94,16 +102,17 @@ impl AmqpBroker {
     pub(crate) async fn connect(
         urls: &[String],
         name: &str,
-        config: &Config,
+        timeouts: Timeouts,
+        tls: &TlsConfig,
     ) -> Result<Self, BrokerError> {
-        let inner = open_any(urls, 0, name, &config.tls, config.connect_timeout, None).await?;
+        let inner = open_any(urls, 0, name, tls, timeouts.connect, None).await?;
         Ok(AmqpBroker {
             shared: Arc::new(Shared {
                 urls: urls.to_vec(),
                 name: name.to_owned(),
-                publish_timeout: config.publish_timeout,
-                connect_timeout: config.connect_timeout,
-                tls: config.tls.clone(),
+                publish_timeout: timeouts.publish,
+                connect_timeout: timeouts.connect,
+                tls: tls.clone(),
                 current: std::sync::RwLock::new(Arc::new(inner)),
                 reconnecting: tokio::sync::Mutex::new(()),
                 replies: std::sync::Mutex::new(None),
