@@ -486,12 +486,10 @@ async fn start_exporter(addr: SocketAddr, health: HealthCheck) -> Option<Metrics
     }
 }
 
+/// Not reached: [`Config::check`] refuses a metrics address without the feature.
 #[cfg(not(feature = "prometheus"))]
 async fn start_exporter(addr: SocketAddr, _: HealthCheck) -> Option<MetricsServer> {
-    tracing::warn!(
-        %addr,
-        "a metrics address is set but tchu was built without its `prometheus` feature; not serving"
-    );
+    tracing::error!(%addr, "tchu was built without its `prometheus` feature; not serving");
     None
 }
 

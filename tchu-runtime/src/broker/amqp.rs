@@ -680,15 +680,12 @@ async fn open_any(
                 return Ok(inner);
             }
             Ok(Err(e)) => {
-                if urls.len() > 1 {
-                    tracing::debug!(node = %redact(url), error = %e, "cannot connect to broker node");
-                }
+                // Debug: the error returned lists every node and why.
+                tracing::debug!(node = %redact(url), error = %e, "cannot connect to broker node");
                 failures.push(e);
             }
             Err(_) => {
-                if urls.len() > 1 {
-                    tracing::debug!(node = %redact(url), "connecting to broker node timed out");
-                }
+                tracing::debug!(node = %redact(url), "connecting to broker node timed out");
                 failures.push(BrokerError::new(format!(
                     "cannot connect to the broker at {}: no answer within {connect_timeout:?} \
                      (TCHU_CONNECT_TIMEOUT)",
