@@ -134,6 +134,13 @@ impl App {
         self
     }
 
+    /// Sets the longest one handler run may take (see [`Config::handler_timeout`]).
+    #[must_use]
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.config.handler_timeout = d;
+        self
+    }
+
     /// Sets the shutdown grace period.
     #[must_use]
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
@@ -236,6 +243,7 @@ impl App {
                         Box::pin(async move { fut.await.into_outcome() }) as BoxFuture
                     }),
                     retry: None,
+                    timeout: None,
                 });
             }
             Err(source) => self.errors.push(SubscriptionError::BadPattern {
@@ -345,6 +353,7 @@ impl App {
                 state: Arc::new(state),
                 limits: crate::wire::Limits::new(self.config.max_body, self.config.max_headers),
                 retry: self.config.retry,
+                handler_timeout: self.config.handler_timeout,
                 stats: Arc::clone(&stats),
                 retry_queues: Mutex::new(HashSet::new()),
             });
@@ -362,6 +371,7 @@ impl App {
         let health = HealthCheck {
             client: client.clone(),
             consuming,
+            stats: Arc::clone(&stats),
             has_consumer: task.is_some(),
         };
         let metrics = match self.config.metrics_addr {
@@ -617,7 +627,7 @@ async fn consume_loop(
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut inflight = JoinSet::new();
     let broker = dispatcher.client.broker().clone();
-    let batched = broker.batches_acks();
+    let batched = true; // both brokers acknowledge with `multiple`
     let (mut settler, mut settler_task) = Settler::start(batched);
     // lapin's recovery may never complete: a connection down for longer than this is replaced.
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
@@ -658,12 +668,10 @@ async fn consume_loop(
                     redelivered = d.redelivered,
                     "delivery received"
                 );
-                let disp = Arc::clone(&dispatcher);
-                let seq = settler.next_seq();
-                let settle = settler.handle();
+                // The acker stays here, in the delivery's settle guard (see `dispatch`).
+                let work = dispatcher.accept(d, &mut settler);
                 inflight.spawn(async move {
-                    let (how, acker) = disp.handle(d).await;
-                    settle.settle(seq, how, acker);
+                    work.await;
                     drop(permit);
                 });
             }
@@ -696,7 +704,9 @@ async fn consume_loop(
                 down_since = None;
             }
         }
-        while inflight.try_join_next().is_some() {}
+        while let Some(done) = inflight.try_join_next() {
+            crate::dispatch::log_task_end(done);
+        }
     }
     consuming.store(false, Ordering::Relaxed);
     let drain = async { while inflight.join_next().await.is_some() {} };
@@ -705,6 +715,8 @@ async fn consume_loop(
             "in-flight handlers did not finish within the grace period; their deliveries return to the queue"
         );
         inflight.abort_all();
+        // Each aborted delivery's guard requeues it as its task is dropped.
+        while inflight.join_next().await.is_some() {}
     }
     // Let the settler send the last acks before the channel closes.
     drop(settler);

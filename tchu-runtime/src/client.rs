@@ -28,7 +28,7 @@ pub struct MessageId(String);
 
 impl MessageId {
     fn new() -> Self {
-        MessageId(uuid::Uuid::new_v4().to_string())
+        MessageId(wire::new_message_id())
     }
 
     /// The string form.
@@ -418,12 +418,16 @@ fn validate_request<E: Event>(request: &E) -> Result<(), CallError> {
     })
 }
 
-/// The default client, connecting from the environment ([`Config::from_env`]) on first use;
-/// a failed connect is tried again on the next use.
+/// The default client: inside a handler, the client of the app running it; elsewhere the
+/// process's default, connecting from the environment ([`Config::from_env`]) on first use (a
+/// failed connect is tried again on the next use).
 ///
 /// # Errors
 /// Bad settings or an unreachable broker.
 pub async fn default_client() -> Result<Client, Error> {
+    if let Some(c) = crate::dispatch::current_client() {
+        return Ok(c);
+    }
     DEFAULT.get_or_try_init(Client::from_env).await.cloned()
 }
 
@@ -451,6 +455,9 @@ pub async fn connect() -> Result<Client, Error> {
 /// The default client for a publish or call: connecting it may take at most the publish
 /// timeout, and a failure says why.
 async fn client_for_send() -> Result<Client, PublishError> {
+    if let Some(c) = crate::dispatch::current_client() {
+        return Ok(c);
+    }
     if let Some(c) = DEFAULT.get() {
         return Ok(c.clone());
     }

@@ -55,6 +55,10 @@ pub struct Config {
     /// Grace period for in-flight handlers at shutdown (`TCHU_SHUTDOWN_GRACE`, default
     /// [`DEFAULT_SHUTDOWN_GRACE`]).
     pub shutdown_grace: Duration,
+    /// The longest one handler run may take (`TCHU_HANDLER_TIMEOUT`, default
+    /// [`DEFAULT_HANDLER_TIMEOUT`]); a run stopped at it is a failure that follows the retry
+    /// policy. Handlers with `timeout = "..."` keep theirs.
+    pub handler_timeout: Duration,
     /// Queue type of the service's queues (`TCHU_QUEUE_TYPE`, default classic).
     pub queue_type: QueueType,
     /// Service-wide retry policy for handlers without their own.
@@ -86,6 +90,7 @@ impl Config {
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             queue_type: QueueType::Classic,
             retry: RetryPolicy::DEFAULT,
             metrics_addr: None,
@@ -113,8 +118,9 @@ impl Config {
     /// `TCHU_EXCHANGE`, `TCHU_SERVICE` (default: the executable's file name), `TCHU_PREFETCH`,
     /// `TCHU_CONCURRENCY`, `TCHU_FORMAT` (`celery` or `native`), `TCHU_QUEUE_TYPE` (`classic`
     /// or `quorum`), `TCHU_METRICS_ADDR`, `TCHU_MAX_BODY` (bytes), `TCHU_MAX_HEADERS`,
-    /// `TCHU_CALL_TIMEOUT`, `TCHU_PUBLISH_TIMEOUT`, `TCHU_CONNECT_TIMEOUT` and
-    /// `TCHU_SHUTDOWN_GRACE` (durations: `30`, `2.5s`, `500ms`, `1m`), and for `amqps://` the
+    /// `TCHU_CALL_TIMEOUT`, `TCHU_PUBLISH_TIMEOUT`, `TCHU_CONNECT_TIMEOUT`,
+    /// `TCHU_HANDLER_TIMEOUT` and `TCHU_SHUTDOWN_GRACE` (durations: `30`, `2.5s`, `500ms`,
+    /// `1m`, `1h`), and for `amqps://` the
     /// TLS files of [`TlsConfig::from_env`]. Then [`Config::check`]s them.
     ///
     /// # Errors
@@ -185,6 +191,12 @@ impl Config {
             DURATION_OR_ZERO,
             parse_duration_or_zero,
         )?;
+        set(
+            &mut c.handler_timeout,
+            "TCHU_HANDLER_TIMEOUT",
+            DURATION,
+            parse_duration,
+        )?;
         c.tls = TlsConfig::from_env()?;
         c.check()?;
         Ok(c)
@@ -222,6 +234,7 @@ impl Config {
             ("TCHU_CALL_TIMEOUT", self.call_timeout),
             ("TCHU_PUBLISH_TIMEOUT", self.publish_timeout),
             ("TCHU_CONNECT_TIMEOUT", self.connect_timeout),
+            ("TCHU_HANDLER_TIMEOUT", self.handler_timeout),
         ] {
             if d.is_zero() {
                 return bad(name, "0".into(), DURATION);
@@ -252,9 +265,9 @@ const SOCKET_ADDR: &str = "an address and port such as `127.0.0.1:9464`, or empt
 const FORMAT: &str = "`celery` or `native`";
 const QUEUE_TYPE: &str = "`classic` or `quorum`";
 const DURATION: &str = "a duration above zero: seconds (`30`, `2.5`) or with a unit (`500ms`, \
-                        `10s`, `1m`)";
+                        `10s`, `5m`, `1h`)";
 const DURATION_OR_ZERO: &str = "a duration: seconds (`30`, `2.5`) or with a unit (`500ms`, \
-                                `10s`, `1m`)";
+                                `10s`, `5m`, `1h`)";
 
 /// Whether `s` can name an exchange or queue.
 fn valid_name(s: &str, max: usize) -> bool {
@@ -308,7 +321,7 @@ fn set<T>(
     Ok(())
 }
 
-/// `30`, `2.5` (seconds), `500ms`, `10s`, `1m`; above zero.
+/// `30`, `2.5` (seconds), `500ms`, `10s`, `1m`, `1h`; above zero.
 fn parse_duration(s: &str) -> Option<Duration> {
     parse_duration_or_zero(s).filter(|d| !d.is_zero())
 }
@@ -321,6 +334,8 @@ fn parse_duration_or_zero(s: &str) -> Option<Duration> {
         (n, 1.0)
     } else if let Some(n) = s.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (s, 1.0)
     };
@@ -347,7 +362,9 @@ mod tests {
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
         assert_eq!(parse_duration("0"), None);
         assert_eq!(parse_duration_or_zero("0"), Some(Duration::ZERO));
-        for bad in ["", "soon", "-1", "1h", "NaN"] {
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(DEFAULT_HANDLER_TIMEOUT, Duration::from_secs(300));
+        for bad in ["", "soon", "-1", "1d", "NaN"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

@@ -25,5 +25,10 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default grace period for in-flight handlers at shutdown (`TCHU_SHUTDOWN_GRACE`).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default longest run of one handler (`TCHU_HANDLER_TIMEOUT`): 5 minutes. Far above what an
+/// event handler should take, and far below RabbitMQ's `consumer_timeout` (30 minutes), after
+/// which the broker closes the channel and redelivers every delivery in flight on it, not just
+/// the stuck one.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest AMQP name (exchange, queue): a short string of at most 255 bytes.
 pub const MAX_NAME_BYTES: usize = 255;

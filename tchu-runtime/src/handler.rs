@@ -270,12 +270,18 @@ pub enum Failure {
     Rejected(Rejection),
     /// It panicked.
     Panicked(String),
+    /// It ran longer than its timeout and was stopped (`timeout = "..."` on the handler, else
+    /// the service's [`Config::handler_timeout`](crate::Config::handler_timeout)).
+    TimedOut(std::time::Duration),
 }
 
 impl Failure {
     /// Whether a retry could help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Failure::Transient(_) | Failure::Panicked(_))
+        matches!(
+            self,
+            Failure::Transient(_) | Failure::Panicked(_) | Failure::TimedOut(_)
+        )
     }
 }
 
@@ -286,6 +292,7 @@ impl fmt::Display for Failure {
             Failure::Remote(e) => write!(f, "rpc error {e}"),
             Failure::Rejected(r) => write!(f, "rejected: {r}"),
             Failure::Panicked(m) => write!(f, "handler panicked: {m}"),
+            Failure::TimedOut(d) => write!(f, "handler timed out after {d:?}"),
         }
     }
 }
@@ -304,6 +311,8 @@ pub trait IntoOutcome {
     fn into_outcome(self) -> Outcome;
 }
 
+// (structure) `do_not_recommend`: an unmet bound reports `IntoOutcome`'s own message.
+#[diagnostic::do_not_recommend]
 impl<T: Serialize, E: fmt::Display + Send + 'static> IntoOutcome for Result<T, E> {
     fn into_outcome(self) -> Outcome {
         match self {
@@ -345,5 +354,16 @@ impl FromDelivery for crate::client::Client {
                 "no client in this delivery (a unit test?)",
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_timed_out_run_is_retried() {
+        assert!(Failure::TimedOut(Duration::from_secs(1)).is_retryable());
     }
 }

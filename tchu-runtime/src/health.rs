@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::client::Client;
+use crate::dispatch::Stats;
 
 /// Whether a service is connected and consuming, from [`Running::health`](crate::Running::health).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +16,10 @@ pub struct Health {
     /// The consume loop holds a live consumer (false before start, while reconnecting, and
     /// from the moment a shutdown is requested).
     pub consuming: bool,
+    /// The broker refused the service's last retry or dead-letter copies several times in a
+    /// row (a deleted wait queue that cannot be declared again, a full disk): the deliveries
+    /// they were for are requeued with a growing delay until it accepts them again.
+    pub degraded: bool,
     has_consumer: bool,
 }
 
@@ -32,6 +37,7 @@ impl Health {
 pub struct HealthCheck {
     pub(crate) client: Client,
     pub(crate) consuming: Arc<AtomicBool>,
+    pub(crate) stats: Arc<Stats>,
     pub(crate) has_consumer: bool,
 }
 
@@ -41,6 +47,7 @@ impl HealthCheck {
         Health {
             connected: self.client.is_connected(),
             consuming: self.consuming.load(Ordering::Relaxed),
+            degraded: self.stats.is_degraded(),
             has_consumer: self.has_consumer,
         }
     }

@@ -20,6 +20,7 @@ mod handler;
 mod health;
 pub mod message;
 mod needs;
+mod probe;
 mod queue_type;
 mod registry;
 mod retry;
@@ -37,10 +38,7 @@ pub mod wire;
 pub use app::{App, Running, run};
 pub use broker::memory::MemoryBroker;
 pub use catalog::{Catalog, EventEntry, SubscriptionEntry, catalog};
-pub use client::{
-    Client, MessageId, call, call_event, connect, default_client, publish, publish_event,
-    set_default,
-};
+pub use client::{Client, MessageId, call, connect, default_client, publish, set_default};
 pub use config::{Config, MAX_SERVICE_BYTES};
 pub use context::Context;
 pub use dead_letter::DeadLetter;
@@ -52,33 +50,44 @@ pub use error::{
 pub use event::Event;
 pub use handler::{
     Delivery, Failure, FromDelivery, HandlerError, IntoOutcome, Meta, Outcome, Rejection,
-    RejectionKind, State, extract_event, extracted,
+    RejectionKind, State,
 };
 pub use health::{Health, HealthCheck};
 pub use queue_type::{QueueType, UnknownQueueType};
-pub use registry::{
-    BoxFuture, EventInfo, HandlerEntry, HandlerFn, OptionalSchemaFn, ProbeJsonSchema,
-    ProbeNoSchema, Registry, SchemaFn, SchemaProbe, Subscription, object_schema, schema_of,
-};
+pub use registry::Subscription;
 pub use retry::{Backoff, RetryPolicy};
 pub use tail::TailedEvent;
 pub use tls::{ClientCert, TlsConfig};
-pub use topic::{Pattern, Topic, TopicError, TopicTrie, check_pattern, check_topic};
+pub use topic::{Pattern, Topic, TopicError};
 pub use url::{BrokerUrl, redact};
 
-#[doc(hidden)]
-pub use inventory;
-#[doc(hidden)]
-pub use needs::{Need, NeedProbe, ViaNeed, ViaNoNeed};
 /// The `schemars` crate, for `#[derive(tchu::JsonSchema)]` on types nested in events (add
 /// `#[schemars(crate = "tchu::schemars")]`).
 pub use schemars;
-#[doc(hidden)]
-pub use serde;
-#[doc(hidden)]
-pub use serde_json;
-#[doc(hidden)]
+/// The `validator` crate, for `#[derive(tchu::validator::Validate)]` on nested types.
 pub use validator;
+
+/// The plumbing that `#[tchu::event]` and `#[tchu::subscribe]` expand to (through
+/// `tchu::__private`), and the registry and matcher for the workspace's own tests and benches.
+/// Not public API: anything here may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::client::{call_event, publish_event};
+    pub use crate::handler::{extract_event, extracted};
+    pub use crate::needs::{Need, NeedProbe, ViaNeed, ViaNoNeed};
+    pub use crate::probe::{
+        HandlerArg, ProbeJsonSchema, ProbeNoSchema, ReplyOf, ResultReturn, ReturnsResult,
+        ReturnsValue, SchemaProbe, ValueReturn, check_reply,
+    };
+    pub use crate::registry::{
+        BoxFuture, EventInfo, HandlerEntry, HandlerFn, OptionalSchemaFn, Registry, SchemaFn,
+        object_schema, schema_of,
+    };
+    pub use crate::topic::{TopicTrie, check_pattern, check_topic};
+    pub use inventory;
+    pub use serde;
+    pub use serde_json;
+}
 
 /// Header names tchu sets on retried and dead-lettered copies.
 pub mod headers {

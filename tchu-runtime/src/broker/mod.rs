@@ -90,10 +90,11 @@ impl Acker {
 
     /// Acknowledges and waits until the frame is written, so that acks sent one after the
     /// other reach the broker in that order; `multiple` also acks every earlier unsettled
-    /// delivery of the same consumer (AMQP only; the memory broker acks this one).
+    /// delivery of the same consumer.
     pub(crate) async fn ack_in_order(&self, multiple: bool) -> Result<(), BrokerError> {
         match self {
             Acker::Amqp(a) => a.ack_in_order(multiple).await,
+            Acker::Memory(a) if multiple => a.ack_multiple(),
             Acker::Memory(a) => a.ack(),
         }
     }
@@ -276,12 +277,6 @@ impl Broker {
             Broker::Amqp(b) => b.reconnect_within(grace).await,
             Broker::Memory(_) => Ok(()),
         }
-    }
-
-    /// Whether acks are best sent in batches (`multiple`), as over the network; the in-process
-    /// broker settles each delivery alone.
-    pub(crate) fn batches_acks(&self) -> bool {
-        matches!(self, Broker::Amqp(_))
     }
 
     /// Whether a consumer that ended may come back after a reconnection; an in-process
