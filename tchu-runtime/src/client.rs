@@ -391,6 +391,27 @@ fn require_object(topic: &str, json: &[u8]) -> Result<(), PublishError> {
 
 static DEFAULT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();
 
+tokio::task_local! {
+    /// The client of the app whose handler runs in this task (see [`current_client`]).
+    static CURRENT_CLIENT: Client;
+}
+
+/// Runs `fut` (a handler) with `client` as its current client (the dispatcher does).
+pub(crate) fn with_current<F: std::future::Future>(
+    client: Client,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CURRENT_CLIENT.scope(client, fut)
+}
+
+/// The client of the app running the current handler: `event.publish()`, `tchu::publish` and
+/// `tchu::call` inside a handler go through the app that runs it, not through the process's
+/// first app. `None` outside handlers (and in tasks a handler spawns: a task-local does not
+/// follow `tokio::spawn`; pass the [`Client`] extractor's value there).
+pub(crate) fn current_client() -> Option<Client> {
+    CURRENT_CLIENT.try_with(Client::clone).ok()
+}
+
 /// Sets the process's default client. Returns the client back if one was already set.
 ///
 /// # Errors
@@ -425,7 +446,7 @@ fn validate_request<E: Event>(request: &E) -> Result<(), CallError> {
 /// # Errors
 /// Bad settings or an unreachable broker.
 pub async fn default_client() -> Result<Client, Error> {
-    if let Some(c) = crate::dispatch::current_client() {
+    if let Some(c) = current_client() {
         return Ok(c);
     }
     DEFAULT.get_or_try_init(Client::from_env).await.cloned()
@@ -455,7 +476,7 @@ pub async fn connect() -> Result<Client, Error> {
 /// The default client for a publish or call: connecting it may take at most the publish
 /// timeout, and a failure says why.
 async fn client_for_send() -> Result<Client, PublishError> {
-    if let Some(c) = crate::dispatch::current_client() {
+    if let Some(c) = current_client() {
         return Ok(c);
     }
     if let Some(c) = DEFAULT.get() {
