@@ -193,6 +193,14 @@ fn parse_json(json: &str) -> Result<serde_json::Value, BoxError> {
 
 async fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
     let client = connect(cli).await?;
+    let code = command(cli, &client).await;
+    // Closed on every path: a connection still open when the runtime shuts down makes lapin's
+    // I/O thread panic at exit.
+    client.close().await;
+    code
+}
+
+async fn command(cli: &Cli, client: &Client) -> Result<ExitCode, BoxError> {
     let code = match &cli.command {
         Command::Publish { topic, json } => {
             let id = client.publish(topic, &parse_json(json)?).await?;
@@ -217,10 +225,9 @@ async fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
             pattern,
             count,
             json,
-        } => tail(&client, pattern, *count, *json).await?,
-        Command::Dlq { command } => dlq(&client, command).await?,
+        } => tail(client, pattern, *count, *json).await?,
+        Command::Dlq { command } => dlq(client, command).await?,
     };
-    client.close().await;
     Ok(code)
 }
 

@@ -905,7 +905,7 @@ impl Dispatcher {
         // (before its first await), in an extractor, or in serializing its value is caught
         // like one inside it, instead of unwinding through the dispatcher.
         let d = Arc::clone(delivery);
-        let run = AssertUnwindSafe(CURRENT_CLIENT.scope(
+        let run = AssertUnwindSafe(crate::client::with_current(
             self.client.clone(),
             trace::scope(own, async move { (e.handler)(d).await }),
         ))
@@ -921,19 +921,6 @@ impl Dispatcher {
         telemetry::handled(&e.id, outcome.is_ok(), started.elapsed());
         outcome
     }
-}
-
-tokio::task_local! {
-    /// The client of the app whose handler runs in this task (see [`current_client`]).
-    static CURRENT_CLIENT: Client;
-}
-
-/// The client of the app running the current handler: `event.publish()`, `tchu::publish` and
-/// `tchu::call` inside a handler go through the app that runs it, not through the process's
-/// first app. `None` outside handlers (and in tasks a handler spawns: a task-local does not
-/// follow `tokio::spawn`; pass the [`Client`] extractor's value there).
-pub(crate) fn current_client() -> Option<Client> {
-    CURRENT_CLIENT.try_with(Client::clone).ok()
 }
 
 /// What the app's required-context checks said.

@@ -1,5 +1,5 @@
-//! The transports behind one crate-private interface: [`amqp`] (RabbitMQ over lapin) and
-//! [`memory`] (an in-process broker with the same semantics for demos and tests).
+//! The transports behind one crate-private interface: `amqp` (RabbitMQ over lapin) and
+//! `memory` (an in-process broker with the same semantics for demos and tests).
 //!
 //! `Broker` is an enum rather than a trait object: two variants, static dispatch, and async
 //! methods without boxing.
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::error::BrokerError;
 use crate::message::Message;
+pub use crate::queue_type::QueueType;
 
 /// What the broker said about one published message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,48 +23,6 @@ pub(crate) enum Confirm {
     Nack,
     /// Mandatory and routed to no queue.
     Returned,
-}
-
-/// The type of a service's queues: its main queue, its dead-letter queue, its retry wait
-/// queues and its binding record (`TCHU_QUEUE_TYPE`, [`App::queue_type`](crate::App::queue_type);
-/// see `docs/cluster.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum QueueType {
-    /// Classic durable queue (the default): lives on one node of a cluster.
-    #[default]
-    Classic,
-    /// Quorum queue: replicated on the cluster's nodes (Raft), survives the loss of a minority
-    /// of them. Works on a single node too.
-    Quorum,
-}
-
-impl QueueType {
-    /// The name used by RabbitMQ's `x-queue-type` and by `TCHU_QUEUE_TYPE`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueType::Classic => "classic",
-            QueueType::Quorum => "quorum",
-        }
-    }
-}
-
-impl std::fmt::Display for QueueType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for QueueType {
-    type Err = crate::error::ConfigError;
-
-    /// `classic` or `quorum` (any case).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "classic" => Ok(QueueType::Classic),
-            "quorum" => Ok(QueueType::Quorum),
-            _ => Err(crate::error::ConfigError::QueueType(s.to_owned())),
-        }
-    }
 }
 
 /// A queue to declare.
@@ -363,6 +322,12 @@ impl Broker {
             Broker::Amqp(b) => b.reconnect_within(grace).await,
             Broker::Memory(_) => Ok(()),
         }
+    }
+
+    /// Whether a consumer that ended may come back after a reconnection; an in-process
+    /// consumer that ends is gone for good.
+    pub(crate) fn recovers(&self) -> bool {
+        matches!(self, Broker::Amqp(_))
     }
 
     /// Whether the connection is up (always for the in-process broker).
