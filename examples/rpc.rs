@@ -69,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(e @ CallError::Invalid { .. }) => println!("not-an-email -> refused locally: {e}"),
         other => println!("unexpected: {other:?}"),
     }
-    match tchu::call("rpc.nobody.home", &serde_json::json!({}), t).await {
+    match tchu::call("rpc.nobody.home", &serde_json::json!({}), Some(t)).await {
         Err(e @ CallError::NoRoute { .. }) => println!("rpc.nobody.home -> {e}"),
         other => println!("unexpected: {other:?}"),
     }

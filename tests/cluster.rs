@@ -12,6 +12,13 @@
 //!   the queue's leader) is stopped and started again, and checks every confirmed event is
 //!   handled. The cluster is stopped and its data removed at the end, even on failure.
 //!
+//!   Then, on the same cluster, `leader_stop_while_reconnecting`: the service's quorum queue
+//!   led by the second node, the service connected to the first, the publisher to the third;
+//!   under load the first and second nodes are stopped at the same moment (the second back
+//!   after 10 s, the first after 20 s), so the service reconnects to the third node and
+//!   consumes again while the queue has no leader; every confirmed event must still be handled
+//!   (a consumer that receives nothing while its queue has ready messages is replaced).
+//!
 //! `TCHU_CLUSTER_TEST=1 cargo test -p tchu --test cluster -- --nocapture`
 
 mod common;
@@ -487,9 +494,23 @@ async fn three_node_cluster_failover() {
         .await
         .expect("cluster start");
     eprintln!("cluster: 3 nodes up and joined in {:?}", t_all.elapsed());
-    let result = tokio::time::timeout(Duration::from_secs(150), failover_scenario()).await;
+    // `TCHU_CLUSTER_ONLY=leader` runs the second scenario alone.
+    let result = if std::env::var("TCHU_CLUSTER_ONLY").as_deref() == Ok("leader") {
+        Ok(())
+    } else {
+        tokio::time::timeout(Duration::from_secs(150), failover_scenario()).await
+    };
+    let result2 = match result {
+        Ok(()) => Some(
+            tokio::time::timeout(Duration::from_secs(150), leader_stop_while_reconnecting()).await,
+        ),
+        Err(_) => None,
+    };
     drop(tokio::task::spawn_blocking(move || drop(cluster)).await);
     result.expect("the cluster scenario took over 150 s");
+    if let Some(r) = result2 {
+        r.expect("the leader-stop scenario took over 150 s");
+    }
     eprintln!("cluster: whole test took {:?}", t_all.elapsed());
 }
 
@@ -633,5 +654,137 @@ async fn failover_scenario() {
     assert!(r.client().is_connected() && publisher.is_connected());
     r.shutdown().await;
     names.cleanup(&publisher, &["svc"], &[]).await;
+    publisher.close().await;
+}
+
+/// `rabbitmqctl -n node args…` output (empty on failure).
+fn ctl_out(node: &str, args: &[&str]) -> String {
+    Command::new("timeout")
+        .arg("60")
+        .arg("rabbitmqctl")
+        .args(["-n", node])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The leader node of a quorum queue, from `rabbitmqctl list_queues name leader`.
+fn leader_of(node: &str, queue: &str) -> Option<String> {
+    ctl_out(
+        node,
+        &["list_queues", "-q", "--no-table-headers", "name", "leader"],
+    )
+    .lines()
+    .find_map(|l| {
+        let mut cols = l.split('\t');
+        (cols.next() == Some(queue)).then(|| cols.next().unwrap_or_default().trim().to_owned())
+    })
+}
+
+async fn leader_stop_while_reconnecting() {
+    let names = Names::new("leader");
+    let svc = names.service("svc");
+    let node_url = |i: usize| format!("amqp://guest:guest@127.0.0.1:{}/%2f", AMQP_PORTS[i]);
+    let mut base = names.config();
+    base.queue_type = QueueType::Quorum;
+    base.service = Some(svc.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let app = |config: tchu::Config, tx: mpsc::UnboundedSender<u64>| {
+        App::new(config)
+            .service(svc.clone())
+            .only_module("none")
+            .prefetch(200)
+            .subscribe("ld.event", "count", move |d: Arc<Delivery>| {
+                let _ = tx.send(d.event["n"].as_u64().unwrap_or(u64::MAX));
+                async { Ok::<(), Infallible>(()) }
+            })
+    };
+    // Declared from the second node: the queue's leader is there (client-local placement).
+    let mut c2 = base.clone();
+    c2.broker = BrokerUrl::parse(&node_url(1)).expect("url");
+    let (tx0, _rx0) = mpsc::unbounded_channel();
+    let first = app(c2, tx0).start().await.expect("declare from node 2");
+    let client = first.client().clone();
+    first.shutdown().await;
+    client.close().await;
+    let leader = leader_of(NODES[0], &svc).expect("the queue has a leader");
+    eprintln!("leader: {svc} led by {leader}");
+    assert_eq!(
+        leader, NODES[1],
+        "the queue should be led by the second node"
+    );
+
+    // The service on the first node (all three URLs, the first one first).
+    let mut cs = base.clone();
+    cs.broker = BrokerUrl::parse(&Cluster::url()).expect("url");
+    let running = app(cs, tx).start().await.expect("service start");
+    // The publisher on the third node, untouched.
+    let mut cp = base.clone();
+    cp.broker = BrokerUrl::parse(&node_url(2)).expect("url");
+    cp.service = Some(names.service("publisher"));
+    let publisher = tokio::time::timeout(WAIT, Client::connect(cp))
+        .await
+        .expect("connect timed out")
+        .expect("publisher connect");
+
+    const TOTAL: u64 = 6_000;
+    let common::LoadResult {
+        confirmed,
+        publish_errors,
+        ..
+    } = common::publish_load(&publisher, "ld.event", TOTAL, 4, 1_500, move || {
+        // Both at once: the service's node (it must reconnect elsewhere: to the third node)
+        // and the queue's leader, so that the queue has no leader (no majority) while the
+        // service consumes again; the leader's node returns first.
+        std::thread::spawn(|| {
+            stop_then_start(
+                NODES[1],
+                Duration::from_secs(10),
+                Arc::new(std::sync::Mutex::new(None)),
+            );
+        });
+        std::thread::spawn(|| {
+            stop_then_start(
+                NODES[0],
+                Duration::from_secs(20),
+                Arc::new(std::sync::Mutex::new(None)),
+            );
+        });
+    })
+    .await;
+    assert_eq!(
+        confirmed.len() as u64,
+        TOTAL,
+        "every publish eventually confirmed"
+    );
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !confirmed.iter().all(|n| seen.contains_key(n)) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(n)) => *seen.entry(n).or_default() += 1,
+            _ => {
+                let missing = confirmed.iter().filter(|n| !seen.contains_key(n)).count();
+                panic!("{missing} of {TOTAL} confirmed events never handled");
+            }
+        }
+    }
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        *seen.entry(n).or_default() += 1;
+    }
+    let handled: usize = seen.values().sum();
+    eprintln!(
+        "leader: sent {TOTAL}, confirmed {}, publish errors retried {publish_errors}, handled \
+         {handled} ({} distinct), duplicates {}; new leader {:?}",
+        confirmed.len(),
+        seen.len(),
+        handled - seen.len(),
+        leader_of(NODES[0], &svc)
+    );
+    assert!(running.client().is_connected());
+    running.shutdown().await;
+    names
+        .cleanup(&publisher, &["svc"], &[&format!("{svc}.tchu.handoff")])
+        .await;
     publisher.close().await;
 }

@@ -92,10 +92,17 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
-    /// List the dead letters, numbered from 0.
+    /// List the dead letters, numbered from 0, as they are read (nothing is removed, even if
+    /// the command is interrupted).
     List {
         /// The service (its queue name).
         service: String,
+        /// Skip the first N.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        skip: usize,
+        /// List at most N.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Show one dead letter in full: why, headers, and the decoded event.
     Show {
@@ -104,21 +111,26 @@ enum DlqCommand {
         /// The number `list` shows.
         n: usize,
     },
-    /// Send dead letters back to the service queue (all, or those matching the filters).
+    /// Move dead letters back to the service queue (all, or those matching the filters); each
+    /// leaves the dead-letter queue only once the service queue has confirmed its copy.
     Replay {
         /// The service (its queue name).
         service: String,
-        /// Only those of this handler (id as `list` shows it).
+        /// Only those of this handler: its id as `list` shows it (`myshop::reserve`) or the
+        /// end of it (`reserve`).
         #[arg(long, value_name = "HANDLER")]
         filter_handler: Option<String>,
         /// Only those whose topic matches this pattern.
         #[arg(long, value_name = "PATTERN")]
         filter_topic: Option<String>,
     },
-    /// Delete every dead letter of the service.
+    /// Delete every dead letter of the service (asks first).
     Purge {
         /// The service (its queue name).
         service: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -181,6 +193,14 @@ fn parse_json(json: &str) -> Result<serde_json::Value, BoxError> {
 
 async fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
     let client = connect(cli).await?;
+    let code = command(cli, &client).await;
+    // Closed on every path: a connection still open when the runtime shuts down makes lapin's
+    // I/O thread panic at exit.
+    client.close().await;
+    code
+}
+
+async fn command(cli: &Cli, client: &Client) -> Result<ExitCode, BoxError> {
     let code = match &cli.command {
         Command::Publish { topic, json } => {
             let id = client.publish(topic, &parse_json(json)?).await?;
@@ -205,10 +225,9 @@ async fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
             pattern,
             count,
             json,
-        } => tail(&client, pattern, *count, *json).await?,
-        Command::Dlq { command } => dlq(&client, command).await?,
+        } => tail(client, pattern, *count, *json).await?,
+        Command::Dlq { command } => dlq(client, command).await?,
     };
-    client.close().await;
     Ok(code)
 }
 
@@ -247,19 +266,16 @@ async fn tail(
 
 async fn dlq(client: &Client, command: &DlqCommand) -> Result<ExitCode, BoxError> {
     match command {
-        DlqCommand::List { service } => {
-            let letters = client.dead_letters(service).await?;
-            print!("{}", print::dead_letter_table(&letters));
-            eprintln!("{} dead letter(s) in `{service}.dlq`", letters.len());
-        }
+        DlqCommand::List {
+            service,
+            skip,
+            limit,
+        } => dlq_list(client, service, *skip, *limit).await?,
         DlqCommand::Show { service, n } => {
-            let letters = client.dead_letters(service).await?;
-            let Some(letter) = letters.get(*n) else {
-                return Err(format!(
-                    "no dead letter {n} in `{service}.dlq` (it has {})",
-                    letters.len()
-                )
-                .into());
+            let letters = client.dead_letters_page(service, *n, 1).await?;
+            let Some(letter) = letters.first() else {
+                let len = client.queue_len(&format!("{service}.dlq")).await?;
+                return Err(format!("no dead letter {n} in `{service}.dlq` (it has {len})").into());
             };
             print!("{}", print::dead_letter(letter));
         }
@@ -273,11 +289,14 @@ async fn dlq(client: &Client, command: &DlqCommand) -> Result<ExitCode, BoxError
                 .map(Pattern::new)
                 .transpose()
                 .map_err(|e| format!("--filter-topic: {e}"))?;
+            if let Some(h) = filter_handler {
+                check_handler_filter(client, service, h).await?;
+            }
             let n = client
                 .replay_dead_letters(service, |dl| {
                     filter_handler
                         .as_ref()
-                        .is_none_or(|h| dl.handler.as_deref() == Some(h.as_str()))
+                        .is_none_or(|h| dl.handler_matches(h))
                         && topic
                             .as_ref()
                             .is_none_or(|p| p.matches(&dl.original_routing_key))
@@ -285,12 +304,97 @@ async fn dlq(client: &Client, command: &DlqCommand) -> Result<ExitCode, BoxError
                 .await?;
             println!("replayed {n} dead letter(s) to `{service}`");
         }
-        DlqCommand::Purge { service } => {
+        DlqCommand::Purge { service, yes } => {
+            let dlq = format!("{service}.dlq");
+            if !yes {
+                let len = client.queue_len(&dlq).await?;
+                if !confirm(&format!("delete the {len} dead letter(s) in `{dlq}`?"))? {
+                    eprintln!("nothing purged (answer `y`, or pass --yes)");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             let n = client.purge_dead_letters(service).await?;
-            println!("purged {n} dead letter(s) from `{service}.dlq`");
+            println!("purged {n} dead letter(s) from `{dlq}`");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the table row by row as the letters are read: one letter in memory at a time.
+async fn dlq_list(
+    client: &Client,
+    service: &str,
+    skip: usize,
+    limit: Option<usize>,
+) -> Result<(), BoxError> {
+    use std::io::Write as _;
+    let mut browser = client.browse_dead_letters(service).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let listed = async {
+        out.write_all(print::dead_letter_header().as_bytes())?;
+        let mut i = 0usize;
+        let mut shown = 0usize;
+        while limit.is_none_or(|l| shown < l) {
+            let Some(dl) = browser.next().await? else {
+                break;
+            };
+            if i >= skip {
+                out.write_all(print::dead_letter_row(i, &dl).as_bytes())?;
+                shown += 1;
+            }
+            i += 1;
+        }
+        out.flush()?;
+        Ok::<_, BoxError>(shown)
+    }
+    .await;
+    browser.close().await;
+    let shown = listed?;
+    eprintln!("{shown} dead letter(s) in `{service}.dlq`");
+    Ok(())
+}
+
+/// Refuses a handler filter that matches no dead letter, listing the handler ids there are.
+async fn check_handler_filter(
+    client: &Client,
+    service: &str,
+    filter: &str,
+) -> Result<(), BoxError> {
+    let handlers = client.dead_letter_handlers(service).await?;
+    if handlers
+        .keys()
+        .any(|id| tchu::DeadLetter::handler_id_matches(id, filter))
+    {
+        return Ok(());
+    }
+    let known = if handlers.is_empty() {
+        "none".to_owned()
+    } else {
+        handlers
+            .iter()
+            .map(|(id, n)| format!("{id} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(format!(
+        "--filter-handler `{filter}` matches no dead letter in `{service}.dlq`; handlers with \
+         dead letters there: {known}"
+    )
+    .into())
+}
+
+/// Asks on stderr and reads the answer from stdin; anything but `y`/`yes` (or end of input)
+/// is a no.
+fn confirm(question: &str) -> Result<bool, BoxError> {
+    use std::io::Write as _;
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 #[tokio::main]

@@ -239,47 +239,43 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-/// The `dlq list` table.
-pub(crate) fn dead_letter_table(letters: &[DeadLetter]) -> String {
-    let rows: Vec<[String; 6]> = letters
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            [
-                i.to_string(),
-                d.original_routing_key.clone(),
-                d.handler.clone().unwrap_or_else(|| "-".to_owned()),
-                d.attempts.to_string(),
-                age(d.last_failure_ms),
-                one_line(&d.reason, 80),
-            ]
-        })
-        .collect();
-    let header = [
+/// Column widths of the `dlq list` table: fixed, so that rows print as they are read (a wider
+/// cell pushes the rest of its row only).
+const DLQ_WIDTHS: [usize; 5] = [5, 28, 24, 8, 12];
+
+fn dlq_line(cells: [&str; 6]) -> String {
+    let mut line = String::new();
+    for (c, w) in cells.iter().zip(DLQ_WIDTHS) {
+        let _ = write!(line, "{c:<w$}  ");
+    }
+    line.push_str(cells[5]);
+    let mut line = line.trim_end().to_owned();
+    line.push('\n');
+    line
+}
+
+/// The header line of the `dlq list` table.
+pub(crate) fn dead_letter_header() -> String {
+    dlq_line([
         "#",
         "TOPIC",
         "HANDLER",
         "ATTEMPTS",
         "LAST FAILURE",
         "REASON",
-    ]
-    .map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
+    ])
+}
+
+/// One row of the `dlq list` table: dead letter number `i`.
+pub(crate) fn dead_letter_row(i: usize, d: &DeadLetter) -> String {
+    dlq_line([
+        &i.to_string(),
+        &d.original_routing_key,
+        d.handler.as_deref().unwrap_or("-"),
+        &d.attempts.to_string(),
+        &age(d.last_failure_ms),
+        &one_line(&d.reason, 80),
+    ])
 }
 
 /// The `dlq show` view: why, headers, and the event.
@@ -352,9 +348,32 @@ mod tests {
 
     #[test]
     fn table_aligns() {
-        assert_eq!(
-            dead_letter_table(&[]),
-            "#  TOPIC  HANDLER  ATTEMPTS  LAST FAILURE  REASON\n"
+        let header = dead_letter_header();
+        assert!(header.starts_with("#      TOPIC"), "{header:?}");
+        assert!(header.ends_with("LAST FAILURE  REASON\n"), "{header:?}");
+        let row = dead_letter_row(
+            7,
+            &DeadLetter::from_message(Message {
+                routing_key: "a.b".to_owned(),
+                properties: tchu_runtime::message::Properties {
+                    headers: [
+                        ("x-tchu-handler", "myshop::reserve"),
+                        ("x-tchu-dead-letter-reason", "disk on fire"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), HeaderValue::from(v)))
+                    .collect(),
+                    ..Default::default()
+                },
+                body: Vec::new(),
+            }),
         );
+        assert_eq!(row.find("a.b"), header.find("TOPIC"), "{row:?}");
+        assert_eq!(
+            row.find("myshop::reserve"),
+            header.find("HANDLER"),
+            "{row:?}"
+        );
+        assert!(row.ends_with("disk on fire\n"), "{row:?}");
     }
 }

@@ -220,7 +220,7 @@ async fn dead_letters_list_show_replay_purge() {
     wait_until("two dead letters", dead(2)).await;
 
     let list = run_ok(names.tchu(&["dlq", "list", &svc])).await;
-    assert!(list.stdout.starts_with("#  TOPIC"), "{list:?}");
+    assert!(list.stdout.starts_with("#      TOPIC"), "{list:?}");
     assert!(list.stdout.contains("cli.job.a"), "{list:?}");
     assert!(list.stdout.contains("cli.job.b"), "{list:?}");
     assert!(list.stdout.contains("broken"), "{list:?}");
@@ -244,9 +244,23 @@ async fn dead_letters_list_show_replay_purge() {
         "{missing:?}"
     );
 
-    // Filters: another handler matches nothing; the topic filter picks one.
-    let none = run_ok(names.tchu(&["dlq", "replay", &svc, "--filter-handler", "other"])).await;
-    assert!(none.stdout.contains("replayed 0"), "{none:?}");
+    // Paging.
+    let page = run_ok(names.tchu(&["dlq", "list", &svc, "--skip", "1", "--limit", "5"])).await;
+    assert!(page.stdout.contains("cli.job.b"), "{page:?}");
+    assert!(!page.stdout.contains("cli.job.a"), "{page:?}");
+    assert!(page.stderr.contains("1 dead letter(s)"), "{page:?}");
+    // Listing removed nothing.
+    let list = run_ok(names.tchu(&["dlq", "list", &svc])).await;
+    assert!(list.stderr.contains("2 dead letter(s)"), "{list:?}");
+
+    // Filters: a handler with no dead letter is refused with the ids there are; the topic
+    // filter picks one.
+    let none = run(names.tchu(&["dlq", "replay", &svc, "--filter-handler", "other"])).await;
+    assert!(!none.ok, "{none:?}");
+    assert!(
+        none.stderr.contains("matches no dead letter") && none.stderr.contains("broken (2)"),
+        "{none:?}"
+    );
     let one = run_ok(names.tchu(&[
         "dlq",
         "replay",
@@ -261,7 +275,12 @@ async fn dead_letters_list_show_replay_purge() {
     // It fails again, permanently: back in the queue.
     wait_until("the replayed one dead again", dead(3)).await;
 
-    let purge = run_ok(names.tchu(&["dlq", "purge", &svc])).await;
+    // Purge asks first (stdin is empty here: no).
+    let refused = run(names.tchu(&["dlq", "purge", &svc])).await;
+    assert!(!refused.ok, "{refused:?}");
+    assert!(refused.stderr.contains("[y/N]"), "{refused:?}");
+    assert!(refused.stderr.contains("nothing purged"), "{refused:?}");
+    let purge = run_ok(names.tchu(&["dlq", "purge", &svc, "--yes"])).await;
     assert!(purge.stdout.contains("purged 2"), "{purge:?}");
     let list = run_ok(names.tchu(&["dlq", "list", &svc])).await;
     assert!(list.stderr.contains("0 dead letter(s)"), "{list:?}");

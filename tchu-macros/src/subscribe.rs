@@ -269,9 +269,18 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     // One binding per argument, each extracted at its type's span.
     let mut bindings = Vec::new();
     let mut extracts = Vec::new();
+    let mut needs = Vec::new();
     for (i, input) in f.sig.inputs.iter().enumerate() {
         if let FnArg::Typed(pt) = input {
             let ty = &pt.ty;
+            // What the argument needs from the app (`State<T>`, `Context<T>`), checked at start.
+            needs.push(quote! {
+                {
+                    #[allow(unused_imports)]
+                    use #p::{ViaNeed as _, ViaNoNeed as _};
+                    (&#p::NeedProbe::<#ty>::new()).need()
+                }
+            });
             let var = format_ident!("__tchu_arg{}", i);
             extracts.push(quote_spanned! {ty.span()=>
                 let #var = match <#ty as #p::HandlerArg>::extract(&*__tchu_delivery) {
@@ -313,6 +322,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         #p::IntoOutcome::into_outcome(__tchu_ret)
     };
 
+    let n_needs = needs.len();
     let retry = args.retry.any().then(|| {
         let r = &args.retry;
         let mut fields = Vec::new();
@@ -363,8 +373,15 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 })
             }
 
+            #[doc(hidden)]
+            fn __tchu_needs() -> #p::Vec<#p::Need> {
+                let needs: [#p::Option<#p::Need>; #n_needs] = [#(#needs),*];
+                needs.into_iter().flatten().collect()
+            }
+
             #p::inventory::submit! {
                 #p::Subscription::new(#id, #name, #pattern, #wrapper) #retry #timeout
+                    .with_needs(__tchu_needs)
             }
         };
     })

@@ -9,15 +9,17 @@ use serde::Serialize;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
-use crate::broker::amqp::AmqpBroker;
+use crate::broker::amqp::{AmqpBroker, Timeouts};
 use crate::broker::{Broker, Confirm};
-use crate::config::{BrokerUrl, Config, TlsConfig};
+use crate::config::Config;
 use crate::error::{CallError, ConfigError, Error, PublishError};
 use crate::event::Event;
 use crate::message::Message;
 use crate::rpc::Rpc;
+use crate::tls::TlsConfig;
 use crate::topic::check_topic;
 use crate::trace;
+use crate::url::BrokerUrl;
 use crate::wire::{self, Reply};
 
 /// The id of a published message (the Celery task id in the Celery format).
@@ -90,15 +92,19 @@ impl Client {
     /// The broker cannot be reached; an `amqps://` URL in a build without the `tls` feature;
     /// TLS settings with no `amqps://` URL.
     pub async fn connect(config: Config) -> Result<Client, Error> {
+        config.check()?;
         let broker = match &config.broker {
             BrokerUrl::Amqp(urls) => {
                 check_tls(urls, &config.tls)?;
                 let name = config.service.clone().unwrap_or_else(|| "tchu".to_owned());
-                Broker::Amqp(
-                    AmqpBroker::connect(urls, &name, config.publish_timeout, &config.tls).await?,
-                )
+                let timeouts = Timeouts {
+                    connect: config.connect_timeout,
+                    publish: config.publish_timeout,
+                };
+                Broker::Amqp(AmqpBroker::connect(urls, &name, timeouts, &config.tls).await?)
             }
-            BrokerUrl::Memory(m) => Broker::Memory(m.clone()),
+            // `memory://` alone is a new in-process broker; `Config::memory` attaches one.
+            BrokerUrl::Memory => Broker::Memory(config.in_process().cloned().unwrap_or_default()),
         };
         broker.declare_exchange(&config.exchange).await?;
         crate::telemetry::connected(broker.is_connected());
@@ -133,10 +139,12 @@ impl Client {
     /// # Errors
     /// [`PublishError::Invalid`] (nothing sent), or a broker failure.
     pub async fn publish_event<E: Event>(&self, event: &E) -> Result<MessageId, PublishError> {
-        validator::Validate::validate(event).map_err(|errors| PublishError::Invalid {
-            topic: E::TOPIC.to_owned(),
-            errors,
-        })?;
+        validate_event(event)?;
+        self.publish_valid_event(event).await
+    }
+
+    /// [`Client::publish_event`] of an event already validated.
+    async fn publish_valid_event<E: Event>(&self, event: &E) -> Result<MessageId, PublishError> {
         let json = serde_json::to_vec(event).map_err(|source| PublishError::Encode {
             topic: E::TOPIC.to_owned(),
             source,
@@ -213,10 +221,16 @@ impl Client {
         request: &E,
         timeout: Option<Duration>,
     ) -> Result<E::Response, CallError> {
-        validator::Validate::validate(request).map_err(|errors| CallError::Invalid {
-            message: errors.to_string(),
-            errors: Some(errors),
-        })?;
+        validate_request(request)?;
+        self.call_valid_event(request, timeout).await
+    }
+
+    /// [`Client::call_event`] of a request already validated.
+    async fn call_valid_event<E: Event>(
+        &self,
+        request: &E,
+        timeout: Option<Duration>,
+    ) -> Result<E::Response, CallError> {
         let json = serde_json::to_vec(request).map_err(|source| {
             CallError::Publish(PublishError::Encode {
                 topic: E::TOPIC.to_owned(),
@@ -377,6 +391,27 @@ fn require_object(topic: &str, json: &[u8]) -> Result<(), PublishError> {
 
 static DEFAULT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();
 
+tokio::task_local! {
+    /// The client of the app whose handler runs in this task (see [`current_client`]).
+    static CURRENT_CLIENT: Client;
+}
+
+/// Runs `fut` (a handler) with `client` as its current client (the dispatcher does).
+pub(crate) fn with_current<F: std::future::Future>(
+    client: Client,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CURRENT_CLIENT.scope(client, fut)
+}
+
+/// The client of the app running the current handler: `event.publish()`, `tchu::publish` and
+/// `tchu::call` inside a handler go through the app that runs it, not through the process's
+/// first app. `None` outside handlers (and in tasks a handler spawns: a task-local does not
+/// follow `tokio::spawn`; pass the [`Client`] extractor's value there).
+pub(crate) fn current_client() -> Option<Client> {
+    CURRENT_CLIENT.try_with(Client::clone).ok()
+}
+
 /// Sets the process's default client. Returns the client back if one was already set.
 ///
 /// # Errors
@@ -388,44 +423,105 @@ pub fn set_default(client: Client) -> Result<(), Client> {
     })
 }
 
+/// Refuses an invalid event with its validation errors (nothing is sent).
+fn validate_event<E: Event>(event: &E) -> Result<(), PublishError> {
+    validator::Validate::validate(event).map_err(|errors| PublishError::Invalid {
+        topic: E::TOPIC.to_owned(),
+        errors,
+    })
+}
+
+/// Refuses an invalid request with its validation errors (nothing is sent).
+fn validate_request<E: Event>(request: &E) -> Result<(), CallError> {
+    validator::Validate::validate(request).map_err(|errors| CallError::Invalid {
+        message: errors.to_string(),
+        errors: Some(errors),
+    })
+}
+
 /// The default client: inside a handler, the client of the app running it; elsewhere the
-/// process's default, connecting from the environment on first use.
+/// process's default, connecting from the environment ([`Config::from_env`]) on first use (a
+/// failed connect is tried again on the next use).
 ///
 /// # Errors
 /// Bad settings or an unreachable broker.
 pub async fn default_client() -> Result<Client, Error> {
-    if let Some(c) = crate::dispatch::current_client() {
+    if let Some(c) = current_client() {
         return Ok(c);
     }
     DEFAULT.get_or_try_init(Client::from_env).await.cloned()
 }
 
-/// Publishes a typed event with the default client.
+/// Connects the process's default client from the environment now, or returns the one already
+/// set: the client that `event.publish()`, `req.call()`, [`publish`] and [`call`] use. Call it
+/// at start to fail fast, with the cause, when the broker cannot be reached; close it
+/// ([`Client::close`]) before `main` returns.
+///
+/// ```no_run
+/// # use tchu_runtime as tchu;
+/// # async fn demo() -> Result<(), tchu::Error> {
+/// let client = tchu::connect().await?; // e.g. "cannot connect to the broker at ..."
+/// // ... event.publish().await? ...
+/// client.close().await;
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Errors
-/// See [`Client::publish_event`].
+/// Bad settings or an unreachable broker.
+pub async fn connect() -> Result<Client, Error> {
+    default_client().await
+}
+
+/// The default client for a publish or call: connecting it may take at most the publish
+/// timeout, and a failure says why.
+async fn client_for_send() -> Result<Client, PublishError> {
+    if let Some(c) = current_client() {
+        return Ok(c);
+    }
+    if let Some(c) = DEFAULT.get() {
+        return Ok(c.clone());
+    }
+    let no_client = |e: Error| PublishError::NoClient(Box::new(e));
+    let config = Config::from_env().map_err(|e| no_client(e.into()))?;
+    let limit = config.publish_timeout;
+    match tokio::time::timeout(limit, DEFAULT.get_or_try_init(|| Client::connect(config))).await {
+        Ok(r) => r.cloned().map_err(no_client),
+        Err(_) => Err(no_client(Error::Broker(crate::error::BrokerError::new(
+            format!(
+                "connecting to the broker took longer than the publish timeout ({limit:?}, \
+             TCHU_PUBLISH_TIMEOUT)"
+            ),
+        )))),
+    }
+}
+
+/// Publishes a typed event with the default client. An invalid event is refused before any
+/// connection is tried.
+///
+/// # Errors
+/// See [`Client::publish_event`]; [`PublishError::NoClient`] (with the cause) when the default
+/// client cannot connect.
 pub async fn publish_event<E: Event>(event: &E) -> Result<MessageId, PublishError> {
-    let c = default_client()
-        .await
-        .map_err(|e| PublishError::NoClient(Box::new(e)))?;
-    c.publish_event(event).await
+    validate_event(event)?;
+    client_for_send().await?.publish_valid_event(event).await
 }
 
 /// Publishes an untyped payload with the default client.
 ///
 /// # Errors
-/// See [`Client::publish`].
+/// See [`Client::publish`]; [`PublishError::NoClient`] (with the cause) when the default
+/// client cannot connect.
 pub async fn publish<T: Serialize + ?Sized>(
     topic: &str,
     payload: &T,
 ) -> Result<MessageId, PublishError> {
-    let c = default_client()
-        .await
-        .map_err(|e| PublishError::NoClient(Box::new(e)))?;
-    c.publish(topic, payload).await
+    check_topic(topic)?;
+    client_for_send().await?.publish(topic, payload).await
 }
 
-/// Calls with a typed request on the default client.
+/// Calls with a typed request on the default client. An invalid request is refused before any
+/// connection is tried.
 ///
 /// # Errors
 /// See [`Client::call_event`].
@@ -433,25 +529,25 @@ pub async fn call_event<E: Event>(
     request: &E,
     timeout: Option<Duration>,
 ) -> Result<E::Response, CallError> {
-    let c = default_client()
+    validate_request(request)?;
+    client_for_send()
+        .await?
+        .call_valid_event(request, timeout)
         .await
-        .map_err(|e| PublishError::NoClient(Box::new(e)))?;
-    c.call_event(request, timeout).await
 }
 
-/// Calls with an untyped request on the default client.
+/// Calls with an untyped request on the default client; `timeout` `None` is the client's
+/// [`Config::call_timeout`] (`TCHU_CALL_TIMEOUT`), as for [`Client::call`].
 ///
 /// # Errors
 /// See [`Client::call`].
 pub async fn call<T: Serialize + ?Sized>(
     topic: &str,
     payload: &T,
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> Result<serde_json::Value, CallError> {
-    let c = default_client()
-        .await
-        .map_err(|e| PublishError::NoClient(Box::new(e)))?;
-    c.call(topic, payload, Some(timeout)).await
+    check_topic(topic).map_err(PublishError::from)?;
+    client_for_send().await?.call(topic, payload, timeout).await
 }
 
 #[cfg(test)]

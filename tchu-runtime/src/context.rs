@@ -74,6 +74,11 @@ impl ContextHelpers {
         });
     }
 
+    /// Whether a helper builds `id` (for every event, or for some).
+    pub(crate) fn provides(&self, id: TypeId) -> bool {
+        self.default.contains_key(&id) || self.per_topic.keys().any(|(t, _)| *t == id)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.default.is_empty() && self.per_topic.is_empty() && self.required.is_empty()
     }

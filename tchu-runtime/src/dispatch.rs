@@ -144,6 +144,8 @@ pub(crate) struct Dispatcher {
     /// The longest a handler may run (handlers with their own `timeout` keep theirs).
     pub(crate) handler_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
+    /// Where a delivery no local handler matches goes (ops: topology.rs, rolling deploys).
+    pub(crate) topology: crate::topology::Topology,
 }
 
 fn now_ms() -> i64 {
@@ -546,9 +548,21 @@ impl Dispatcher {
             idx.retain(|&i| only.contains(&self.registry.entries()[i].id));
         }
         if idx.is_empty() {
-            return self
-                .carry_out(&received, decide_unmatched(&decoded.topic))
-                .await;
+            // Another running version may handle it (ops: topology.rs, rolling deploys).
+            let verdict = if is_rpc {
+                decide_unmatched(&decoded.topic)
+            } else {
+                crate::topology::unmatched_verdict(
+                    &self.topology,
+                    self.broker(),
+                    &message,
+                    &decoded.topic,
+                    history.only.as_deref(),
+                    || refusal_backoff(self.stats.refused()),
+                )
+                .await
+            };
+            return self.carry_out(&received, verdict).await;
         }
         let entries: Vec<&HandlerEntry> =
             idx.iter().map(|&i| &self.registry.entries()[i]).collect();
@@ -891,7 +905,7 @@ impl Dispatcher {
         // (before its first await), in an extractor, or in serializing its value is caught
         // like one inside it, instead of unwinding through the dispatcher.
         let d = Arc::clone(delivery);
-        let run = AssertUnwindSafe(CURRENT_CLIENT.scope(
+        let run = AssertUnwindSafe(crate::client::with_current(
             self.client.clone(),
             trace::scope(own, async move { (e.handler)(d).await }),
         ))
@@ -907,19 +921,6 @@ impl Dispatcher {
         telemetry::handled(&e.id, outcome.is_ok(), started.elapsed());
         outcome
     }
-}
-
-tokio::task_local! {
-    /// The client of the app whose handler runs in this task (see [`current_client`]).
-    static CURRENT_CLIENT: Client;
-}
-
-/// The client of the app running the current handler: `event.publish()`, `tchu::publish` and
-/// `tchu::call` inside a handler go through the app that runs it, not through the process's
-/// first app. `None` outside handlers (and in tasks a handler spawns: a task-local does not
-/// follow `tokio::spawn`; pass the [`Client`] extractor's value there).
-pub(crate) fn current_client() -> Option<Client> {
-    CURRENT_CLIENT.try_with(Client::clone).ok()
 }
 
 /// What the app's required-context checks said.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// A broker-level failure (connection, channel, protocol). Its source is the transport's own
 /// error, kept opaque so a `lapin` upgrade does not change tchu's API.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("{context}")]
 pub struct BrokerError {
     context: String,
@@ -38,13 +38,10 @@ impl BrokerError {
     /// exists with other arguments. The text says how to migrate.
     pub(crate) fn queue_mismatch(
         queue: &str,
-        wanted: crate::broker::QueueType,
+        wanted: crate::queue_type::QueueType,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        let other = match wanted {
-            crate::broker::QueueType::Classic => crate::broker::QueueType::Quorum,
-            crate::broker::QueueType::Quorum => crate::broker::QueueType::Classic,
-        };
+        let other = wanted.other();
         BrokerError {
             context: format!(
                 "cannot declare `{queue}` as a {wanted} queue: the queue exists with other \
@@ -78,7 +75,7 @@ impl BrokerError {
 }
 
 /// Why a publish failed. Nothing was confirmed by the broker in any of these cases.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError {
     /// The event failed validation; nothing was sent.
@@ -122,8 +119,9 @@ pub enum PublishError {
         #[source]
         source: BrokerError,
     },
-    /// No default client is set and none could be made from the environment.
-    #[error("no default tchu client: call `tchu::connect()` or `tchu::run()` first")]
+    /// No default client was set, and connecting one from the environment failed (the cause
+    /// is shown; `tchu::connect()` at start fails fast instead, `tchu::set_default()` sets one).
+    #[error("cannot connect the default tchu client from the environment: {0}")]
     NoClient(#[source] Box<crate::Error>),
 }
 
@@ -165,7 +163,7 @@ impl std::fmt::Display for RpcError {
 }
 
 /// Why an RPC call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
     /// No reply within the deadline.
@@ -221,23 +219,23 @@ pub enum CallError {
 }
 
 /// A configuration error.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The broker URL could not be parsed.
     #[error("invalid broker url: {0}")]
     BrokerUrl(String),
-    /// An environment variable had a bad value.
-    #[error("invalid value for {name}: {reason}")]
+    /// A setting had a value that is not accepted (from its environment variable, or set in
+    /// code: the variable named is the setting's).
+    #[error("invalid {name}=`{value}`: expected {expected}")]
     Env {
-        /// The variable's name.
+        /// The setting's environment variable, e.g. `TCHU_PREFETCH`.
         name: &'static str,
-        /// Why the value is not accepted.
-        reason: String,
+        /// The value given (long values are cut).
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
     },
-    /// Not a queue type.
-    #[error("unknown queue type `{0}`: expected `classic` or `quorum`")]
-    QueueType(String),
     /// A TLS file could not be used.
     #[error("cannot use {what} `{}`: {reason}", path.display())]
     TlsFile {
@@ -257,7 +255,7 @@ pub enum ConfigError {
 }
 
 /// The error of [`run`](crate::run) and of the app builder.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Bad configuration.
@@ -266,9 +264,10 @@ pub enum Error {
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    /// The registry is inconsistent (duplicate ids, bad patterns).
+    /// The handlers cannot run as linked and configured (duplicate ids, bad patterns, a
+    /// `State<T>` the app does not provide).
     #[error("invalid subscriptions: {0}")]
-    Registry(String),
+    Subscriptions(#[from] SubscriptionError),
     /// The app has no subscriptions and was not declared publish-only.
     #[error(
         "no subscriptions are linked into this binary; if handlers live in another crate, add \
@@ -282,3 +281,104 @@ pub enum Error {
     #[error(transparent)]
     Call(#[from] CallError),
 }
+
+/// Why the handlers of an app cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscriptionError {
+    /// A handler's pattern is not a valid topic pattern.
+    #[error("handler `{handler}`: pattern `{pattern}`: {source}")]
+    BadPattern {
+        /// The handler id.
+        handler: String,
+        /// The pattern given.
+        pattern: String,
+        /// Why it is not valid.
+        #[source]
+        source: crate::topic::TopicError,
+    },
+    /// Several handlers have the same id.
+    #[error("duplicate handler ids: {}; give each handler a distinct `id = \"...\"`", ids.join(", "))]
+    DuplicateIds {
+        /// The ids used more than once.
+        ids: Vec<String>,
+    },
+    /// A handler takes `State<T>` but the app was given no `T` (`App::state`).
+    #[error(
+        "handler `{handler}` takes `State<{type_name}>` but the app provides no `{type_name}`: \
+         add `.state(value)` to the app"
+    )]
+    MissingState {
+        /// The handler id.
+        handler: String,
+        /// The state type.
+        type_name: &'static str,
+    },
+    /// A handler takes `Context<T>` but the app has no context helper for `T`.
+    #[error(
+        "handler `{handler}` takes `Context<{type_name}>` but the app has no context helper \
+         for `{type_name}`: add `.context_helper(..)` to the app"
+    )]
+    MissingContext {
+        /// The handler id.
+        handler: String,
+        /// The context type.
+        type_name: &'static str,
+    },
+    /// Several problems.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Many(Vec<SubscriptionError>),
+}
+
+/// Writes an error as `anyhow` does: its message, then each cause on its own line. This is what
+/// `main() -> Result<(), tchu::Error>` prints; Match on the variants for the structure.
+fn report(
+    e: &(dyn std::error::Error + 'static),
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    write!(f, "{e}")?;
+    let mut cause = e.source();
+    let mut shown = e.to_string();
+    let mut n = 0;
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // `#[error(transparent)]` layers, and messages that end with their cause, repeat the
+        // cause's text: show it once.
+        if !shown.ends_with(&text) {
+            if n == 0 {
+                f.write_str("\n\nCaused by:")?;
+            }
+            write!(f, "\n    {n}: {text}")?;
+            n += 1;
+        }
+        shown = text;
+        cause = c.source();
+    }
+    Ok(())
+}
+
+/// An error's message followed by its causes, on one line (`a: b: c`), each shown once.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+macro_rules! readable_debug {
+    ($($t:ident),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                report(self, f)
+            }
+        }
+    )*};
+}
+readable_debug!(Error, PublishError, CallError, ConfigError, BrokerError);

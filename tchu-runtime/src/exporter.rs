@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::app::HealthCheck;
+use crate::health::HealthCheck;
 
 /// Histogram buckets of the `*_seconds` metrics: 1 ms to 60 s.
 const BUCKETS: &[f64] = &[

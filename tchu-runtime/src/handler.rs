@@ -297,34 +297,6 @@ impl fmt::Display for Failure {
     }
 }
 
-/// See [`crate::config::DEFAULT_HANDLER_TIMEOUT`].
-pub(crate) const DEFAULT_HANDLER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// Parses a handler timeout: a positive whole number and a unit `ms`, `s`, `m` or `h`
-/// (`500ms`, `30s`, `5m`), as `timeout = "..."` on `#[tchu::subscribe]` takes it.
-pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    let bad = || {
-        format!(
-            "`{text}`: expected a positive whole number and a unit `ms`, `s`, `m` or `h`, e.g. `30s` or `5m`"
-        )
-    };
-    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(end);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => return Err(bad()),
-    };
-    match ms {
-        Some(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
-        _ => Err(bad()),
-    }
-}
-
 /// The result of running a handler once.
 pub type Outcome = Result<serde_json::Value, Failure>;
 
@@ -391,32 +363,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn handler_timeouts_parse_or_say_what_is_accepted() {
-        for (text, want) in [
-            ("500ms", Duration::from_millis(500)),
-            ("30s", Duration::from_secs(30)),
-            (" 5m ", Duration::from_secs(300)),
-            ("2h", Duration::from_secs(7_200)),
-        ] {
-            assert_eq!(parse_timeout(text), Ok(want), "{text}");
-        }
-        for bad in [
-            "",
-            "0s",
-            "30",
-            "1.5s",
-            "-1s",
-            "1d",
-            "s",
-            "99999999999999999999h",
-        ] {
-            let e = parse_timeout(bad).expect_err(bad);
-            assert!(
-                e.contains(&format!("`{bad}`")) && e.contains("`30s`"),
-                "{e}"
-            );
-        }
-        assert_eq!(DEFAULT_HANDLER_TIMEOUT, Duration::from_secs(300));
+    fn a_timed_out_run_is_retried() {
         assert!(Failure::TimedOut(Duration::from_secs(1)).is_retryable());
     }
 }

@@ -10,48 +10,56 @@ mod client;
 mod config;
 mod context;
 mod dead_letter;
+mod defaults;
 mod dispatch;
 mod error;
 mod event;
 #[cfg(feature = "prometheus")]
 mod exporter;
 mod handler;
+mod health;
 pub mod message;
+mod needs;
 mod probe;
+mod queue_type;
 mod registry;
 mod retry;
 mod rpc;
 mod tail;
 pub mod telemetry;
 pub mod testing;
+mod tls;
 pub mod topic;
 mod topology;
 pub mod trace;
+mod url;
 pub mod wire;
 
-pub use app::{App, Health, HealthCheck, Running, run};
-pub use broker::QueueType;
+pub use app::{App, Running, run};
 pub use broker::memory::MemoryBroker;
 pub use catalog::{Catalog, EventEntry, SubscriptionEntry, catalog};
-pub use client::{Client, MessageId, call, default_client, publish, set_default};
-pub use config::{
-    BrokerUrl, ClientCert, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
-    DEFAULT_EXCHANGE, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS,
-    DEFAULT_PREFETCH, TlsConfig, redact,
-};
+pub use client::{Client, MessageId, call, connect, default_client, publish, set_default};
+pub use config::{Config, MAX_SERVICE_BYTES};
 pub use context::Context;
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, DeadLetterBrowser};
+pub use defaults::*;
 pub use dispatch::{Stats, StatsSnapshot};
-pub use error::{BrokerError, CallError, ConfigError, Error, PublishError, RpcError};
+pub use error::{
+    BrokerError, CallError, ConfigError, Error, PublishError, RpcError, SubscriptionError,
+};
 pub use event::Event;
 pub use handler::{
     Delivery, Failure, FromDelivery, HandlerError, IntoOutcome, Meta, Outcome, Rejection,
     RejectionKind, State,
 };
+pub use health::{Health, HealthCheck};
+pub use queue_type::{QueueType, UnknownQueueType};
 pub use registry::Subscription;
 pub use retry::{Backoff, RetryPolicy};
 pub use tail::TailedEvent;
+pub use tls::{ClientCert, TlsConfig};
 pub use topic::{Pattern, Topic, TopicError};
+pub use url::{BrokerUrl, redact};
 
 /// The `schemars` crate, for `#[derive(tchu::JsonSchema)]` on types nested in events (add
 /// `#[schemars(crate = "tchu::schemars")]`).
@@ -66,6 +74,7 @@ pub use validator;
 pub mod __private {
     pub use crate::client::{call_event, publish_event};
     pub use crate::handler::{extract_event, extracted};
+    pub use crate::needs::{Need, NeedProbe, ViaNeed, ViaNoNeed};
     pub use crate::probe::{
         HandlerArg, ProbeJsonSchema, ProbeNoSchema, ReplyOf, ResultReturn, ReturnsResult,
         ReturnsValue, SchemaProbe, ValueReturn, check_reply,

@@ -33,6 +33,10 @@ pub struct Subscription {
     pub retry: Option<RetryPolicy>,
     /// Per-handler timeout, if one was given (`timeout = "30s"`).
     pub timeout: Option<std::time::Duration>,
+    /// What the handler's arguments need from the app (`State<T>`, `Context<T>`), checked at
+    /// start.
+    #[doc(hidden)]
+    pub needs: fn() -> Vec<crate::needs::Need>,
 }
 
 impl Subscription {
@@ -50,7 +54,15 @@ impl Subscription {
             handler,
             retry: None,
             timeout: None,
+            needs: crate::needs::no_needs,
         }
+    }
+
+    /// Records what the handler's arguments need (used by the macro).
+    #[doc(hidden)]
+    pub const fn with_needs(mut self, needs: fn() -> Vec<crate::needs::Need>) -> Self {
+        self.needs = needs;
+        self
     }
 
     /// Sets a retry policy (used by the macro).
@@ -176,8 +188,10 @@ impl Registry {
     /// Builds from handler entries, rejecting duplicate ids.
     ///
     /// # Errors
-    /// A text naming every duplicate id.
-    pub fn from_entries(mut entries: Vec<HandlerEntry>) -> Result<Registry, String> {
+    /// Every duplicate id.
+    pub fn from_entries(
+        mut entries: Vec<HandlerEntry>,
+    ) -> Result<Registry, crate::error::SubscriptionError> {
         entries.sort_by(|a, b| a.id.cmp(&b.id));
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for e in &entries {
@@ -189,10 +203,9 @@ impl Registry {
             .map(|(id, _)| id)
             .collect();
         if !dups.is_empty() {
-            return Err(format!(
-                "duplicate handler ids: {}; give each handler a distinct `id = \"...\"`",
-                dups.join(", ")
-            ));
+            return Err(crate::error::SubscriptionError::DuplicateIds {
+                ids: dups.into_iter().map(str::to_owned).collect(),
+            });
         }
         let mut trie = TopicTrie::new();
         for (i, e) in entries.iter().enumerate() {
@@ -204,12 +217,19 @@ impl Registry {
     /// Converts link-time subscriptions to entries.
     ///
     /// # Errors
-    /// A text naming an invalid pattern (only reachable by hand-built subscriptions).
-    pub fn entries_from(subs: &[Subscription]) -> Result<Vec<HandlerEntry>, String> {
+    /// An invalid pattern (only reachable by hand-built subscriptions).
+    pub fn entries_from(
+        subs: &[Subscription],
+    ) -> Result<Vec<HandlerEntry>, crate::error::SubscriptionError> {
         subs.iter()
             .map(|s| {
-                let pattern = Pattern::new(s.pattern)
-                    .map_err(|e| format!("handler `{}`: pattern `{}`: {e}", s.id, s.pattern))?;
+                let pattern = Pattern::new(s.pattern).map_err(|source| {
+                    crate::error::SubscriptionError::BadPattern {
+                        handler: s.id.to_owned(),
+                        pattern: s.pattern.to_owned(),
+                        source,
+                    }
+                })?;
                 let f = s.handler;
                 Ok(HandlerEntry {
                     id: s.id.to_owned(),

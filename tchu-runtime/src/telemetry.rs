@@ -3,6 +3,9 @@
 //! recorder every call is a no-op.
 //!
 //! Labels stay low-cardinality: topics and handler ids, never message ids.
+//!
+//! Logs go through [`tracing`]. When the process has no subscriber, [`App::run`](crate::App::run)
+//! and [`run`](crate::run) install a readable one ([`init_default_logs`]).
 
 use std::time::Duration;
 
@@ -117,4 +120,34 @@ pub(crate) fn describe() {
         "RPC call time, by topic"
     );
     metrics::describe_gauge!(CONNECTED, "1 while the broker connection is up");
+}
+
+/// The environment variable that turns tchu's default log output off (`0`, `false`, `off`).
+pub const DEFAULT_LOGS_ENV: &str = "TCHU_DEFAULT_LOGS";
+
+/// Installs a readable log output on stderr (filter from `RUST_LOG`, default `info,lapin=off`:
+/// tchu reports connection failures itself, with their cause) when the
+/// process has no global [`tracing`] subscriber yet; returns whether it did. A subscriber the
+/// application installed first always wins; `TCHU_DEFAULT_LOGS=off` (or `0`, `false`) turns
+/// this off. [`App::run`](crate::App::run) and [`run`](crate::run) call it.
+pub fn init_default_logs() -> bool {
+    if tracing::dispatcher::has_been_set() {
+        return false;
+    }
+    if let Ok(v) = std::env::var(DEFAULT_LOGS_ENV)
+        && matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "false" | "off" | "no"
+        )
+    {
+        return false;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).is_ok()
 }

@@ -3,24 +3,25 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tchu_runtime::testing::TestApp;
-//! use tchu_runtime::App;
+//! # use tchu_runtime as tchu;
+//! use tchu::testing::TestApp;
+//! use tchu::App;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Handlers added at run time here; `#[tchu::subscribe]` ones are picked up the same way
 //! // (narrow them with `App::only_module`).
-//! let app = App::new(tchu_runtime::Config::memory(&Default::default()))
+//! let app = App::new(tchu::Config::memory(&Default::default()))
 //!     .service("greeter")
 //!     .only_module("none")
-//!     .subscribe("user.created", "greet", |d: std::sync::Arc<tchu_runtime::Delivery>| {
+//!     .subscribe("user.created", "greet", |d: std::sync::Arc<tchu::Delivery>| {
 //!         let client = d.client().cloned();
 //!         let email = d.event["email"].clone();
 //!         async move {
 //!             if let Some(c) = client {
 //!                 c.publish("email.sent", &serde_json::json!({ "to": email })).await?;
 //!             }
-//!             Ok::<(), tchu_runtime::PublishError>(())
+//!             Ok::<(), tchu::PublishError>(())
 //!         }
 //!     });
 //! let t = TestApp::start(app).await?;

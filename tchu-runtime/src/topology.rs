@@ -1,19 +1,53 @@
 //! Declares a service's topology from its subscriptions: the durable topic exchange, the
 //! service's durable queue, its dead-letter queue, and exactly one binding per distinct
-//! pattern. Bindings the service no longer wants are removed at start-up.
+//! pattern; and keeps the bindings right while several versions of the service run side by
+//! side (a rolling deploy, a rollback, a canary). See `docs/deploys.md`.
 //!
-//! AMQP cannot list bindings (that needs the management plugin), so the last declared set is
-//! kept as one persistent message in a small durable queue `<service>.tchu.bindings`. Start-up
-//! drains it, unbinds what is no longer subscribed, and writes the new set back.
+//! - **Versions.** A version is one set of (pattern, handler id) pairs; its name is a hash of
+//!   them. Each running instance consumes its version's *presence queue*
+//!   `<service>.tchu.v.<hash>` (auto-delete, nothing is ever published to it): the queue's
+//!   consumer count, read with a passive declare, says whether any instance of that version
+//!   runs, and the broker deletes it when the last one goes (a crash included).
+//! - **Records.** AMQP cannot list bindings, so each version leaves one persistent *record*
+//!   message (its exchange, patterns and handler ids) in the durable queue
+//!   `<service>.tchu.bindings`. Records are read with `basic.get` and manual acks, and the read
+//!   ends by closing the channel, so a record returns to the queue unless it is deliberately
+//!   acked: a crash at any instant loses none. A new record is published with a confirm before
+//!   any old one is acked.
+//! - **Reconcile** (at start-up, after a reconnect, and every [`RECONCILE_EVERY`]), under a
+//!   lock (an exclusive queue `<service>.tchu.lock`, released by the broker if its holder
+//!   dies): read every record, learn which versions run, write this version's record if it is
+//!   missing, unbind the patterns of versions that no longer run unless a running one also
+//!   subscribes to them, and only then ack those versions' records. A binding is therefore
+//!   never removed while an instance that subscribes to it runs, and a stale one goes within
+//!   one reconcile period after its last instance stops.
+//! - **Hand-off.** A delivery that reaches an instance with no handler for it while another
+//!   running version has one is sent back through the wait queue `<service>.tchu.handoff`
+//!   (a short TTL, then the broker dead-letters it to the service queue, where another
+//!   instance may take it) with a hop count; after [`MAX_HOPS`] it is dead-lettered. One that
+//!   no running version handles is dead-lettered at once, with a reason that says so.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, Confirm, QueueSpec, QueueType};
+use crate::broker::{Broker, Confirm, Consumer, QueueSpec, QueueType};
 use crate::error::BrokerError;
-use crate::message::{Message, Properties};
+use crate::message::{HeaderValue, Message, Properties};
 use crate::topic::Pattern;
+
+/// How often every instance reconciles the bindings with the running versions.
+pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// How many times a delivery may be handed back to the service queue for another version.
+pub(crate) const MAX_HOPS: i64 = 40;
+/// How long a handed-off delivery waits before it returns to the service queue.
+const HANDOFF_WAIT: Duration = Duration::from_millis(50);
+/// The hop count of a handed-off delivery.
+pub(crate) const HOPS_HEADER: &str = "x-tchu-handoff-hops";
+/// How long start-up waits for another instance's reconcile to release the lock.
+const LOCK_WAIT: Duration = Duration::from_secs(20);
 
 /// The names and bindings of one service.
 #[derive(Debug, Clone)]
@@ -22,6 +56,9 @@ pub(crate) struct Topology {
     pub(crate) queue: String,
     pub(crate) queue_type: QueueType,
     pub(crate) patterns: Vec<Pattern>,
+    /// What this version runs: (pattern, handler id), sorted.
+    handlers: Vec<(String, String)>,
+    versions: Arc<Versions>,
 }
 
 /// What start-up changed.
@@ -31,13 +68,107 @@ pub(crate) struct Declared {
     pub(crate) unbound: Vec<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// One version's record in `<service>.tchu.bindings`. `version` and `handlers` are empty in
+/// the first release's records (those versions cannot be seen running: treated as gone).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct BindingRecord {
     exchange: String,
     patterns: Vec<String>,
+    #[serde(default)]
+    version: String,
+    /// (pattern, handler id).
+    #[serde(default)]
+    handlers: Vec<(String, String)>,
+}
+
+/// What this instance knows of the other running versions, and what keeps its own version
+/// visible (the presence consumer, the periodic reconcile).
+#[derive(Debug, Default)]
+pub(crate) struct Versions {
+    view: Mutex<View>,
+    /// Single flight for on-demand refreshes.
+    refreshing: tokio::sync::Mutex<()>,
+    presence: Mutex<Option<Consumer>>,
+    /// Whether the hand-off wait queue was declared (on first use).
+    handoff_declared: std::sync::atomic::AtomicBool,
+    reconciler: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct View {
+    /// The other running versions' handlers: (pattern, handler id).
+    others: Vec<(Pattern, String)>,
+    /// Their version hashes (for reasons).
+    names: Vec<String>,
+    fetched: Option<Instant>,
+}
+
+impl Drop for Versions {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.reconciler.lock()
+            && let Some(t) = r.take()
+        {
+            t.abort();
+        }
+    }
+}
+
+/// What to do with a delivery that no local handler matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NoHandler {
+    /// Sent back through the hand-off wait queue: ack the original.
+    HandedOff,
+    /// Dead-letter it with this reason.
+    DeadLetter(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// FNV-1a, 64 bits: a stable name for a version (not a security measure).
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl Topology {
+    /// The topology of a service whose handlers are `handlers` (pattern, handler id).
+    pub(crate) fn new(
+        exchange: String,
+        queue: String,
+        queue_type: QueueType,
+        handlers: impl IntoIterator<Item = (Pattern, String)>,
+    ) -> Self {
+        let mut pairs: Vec<(Pattern, String)> = handlers.into_iter().collect();
+        pairs.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+        pairs.dedup_by(|a, b| a.0.as_str() == b.0.as_str() && a.1 == b.1);
+        let mut patterns: Vec<Pattern> = Vec::new();
+        for (p, _) in &pairs {
+            if !patterns.iter().any(|q| q.as_str() == p.as_str()) {
+                patterns.push(p.clone());
+            }
+        }
+        Topology {
+            exchange,
+            queue,
+            queue_type,
+            patterns,
+            handlers: pairs
+                .into_iter()
+                .map(|(p, id)| (p.as_str().to_owned(), id))
+                .collect(),
+            versions: Arc::default(),
+        }
+    }
+
     pub(crate) fn dlq(&self) -> String {
         dlq_name(&self.queue)
     }
@@ -46,41 +177,255 @@ impl Topology {
         format!("{}.tchu.bindings", self.queue)
     }
 
-    /// Declares everything; idempotent.
+    fn lock_queue(&self) -> String {
+        format!("{}.tchu.lock", self.queue)
+    }
+
+    fn handoff_queue(&self) -> String {
+        format!("{}.tchu.handoff", self.queue)
+    }
+
+    /// This version's name: a hash of its exchange, patterns and handler ids.
+    pub(crate) fn version(&self) -> String {
+        let mut text = self.exchange.clone();
+        for (p, id) in &self.handlers {
+            text.push('\n');
+            text.push_str(p);
+            text.push(' ');
+            text.push_str(id);
+        }
+        format!("{:016x}", fnv(text.as_bytes()))
+    }
+
+    fn presence_queue_of(&self, version: &str) -> String {
+        format!("{}.tchu.v.{version}", self.queue)
+    }
+
+    fn record(&self) -> BindingRecord {
+        BindingRecord {
+            exchange: self.exchange.clone(),
+            patterns: self
+                .patterns
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            version: self.version(),
+            handlers: self.handlers.clone(),
+        }
+    }
+
+    /// Declares everything and makes this version visible; idempotent (it runs again after a
+    /// reconnect). Starts the periodic reconcile once.
     pub(crate) async fn declare(&self, broker: &Broker) -> Result<Declared, BrokerError> {
         broker.declare_exchange(&self.exchange).await?;
         let record_queue = self.record_queue();
-        for q in [self.queue.clone(), self.dlq(), record_queue.clone()] {
+        for q in [self.queue.clone(), self.dlq(), record_queue] {
             broker
                 .declare_queue(&QueueSpec::durable(q, self.queue_type))
                 .await
                 .map_err(|e| e.for_service(&self.queue))?;
         }
-        let wanted: BTreeSet<&str> = self.patterns.iter().map(Pattern::as_str).collect();
-        for p in &wanted {
-            broker.bind(&self.queue, &self.exchange, p).await?;
+
+        let _lock = self.lock(broker, LOCK_WAIT).await?;
+        // Visible first, then bound, then recorded: a reconcile elsewhere never sees our
+        // record without seeing us run.
+        self.make_visible(broker).await?;
+        for p in &self.patterns {
+            broker.bind(&self.queue, &self.exchange, p.as_str()).await?;
         }
-        // Everything previously recorded, in case several records piled up.
-        let mut previous: BTreeSet<(String, String)> = BTreeSet::new();
-        while let Some(m) = broker.get(&record_queue).await? {
-            match serde_json::from_slice::<BindingRecord>(&m.body) {
-                Ok(r) => previous.extend(r.patterns.into_iter().map(|p| (r.exchange.clone(), p))),
-                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable binding record"),
+        let unbound = self.reconcile_locked(broker).await;
+        _lock.release().await;
+        let unbound = unbound?;
+        self.start_reconciler(broker);
+        Ok(Declared {
+            bound: self
+                .patterns
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            unbound,
+        })
+    }
+
+    /// Declares this version's presence queue and consumes it (replacing an earlier presence
+    /// consumer, e.g. one of a connection that was lost).
+    async fn make_visible(&self, broker: &Broker) -> Result<(), BrokerError> {
+        let presence = self.presence_queue_of(&self.version());
+        broker
+            .declare_queue(&QueueSpec {
+                durable: false,
+                auto_delete: true,
+                ..QueueSpec::durable(&presence, QueueType::Classic)
+            })
+            .await?;
+        let consumer = broker.consume(&presence, 1).await?;
+        let old = lock(&self.versions.presence).replace(consumer);
+        if let Some(old) = old {
+            // Bounded, and not waited for: the old one's connection may be gone.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn lock(&self, broker: &Broker, wait: Duration) -> Result<LockGuard, BrokerError> {
+        let name = self.lock_queue();
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            if broker.try_lock(&name).await? {
+                return Ok(LockGuard {
+                    broker: broker.clone(),
+                    name,
+                });
             }
+            if Instant::now() >= deadline {
+                return Err(BrokerError::new(format!(
+                    "another instance of `{}` held `{name}` for {wait:?}",
+                    self.queue
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
-        let mut unbound = Vec::new();
-        for (exchange, p) in &previous {
-            if exchange != &self.exchange || !wanted.contains(p.as_str()) {
+    }
+
+    fn start_reconciler(&self, broker: &Broker) {
+        let mut slot = lock(&self.versions.reconciler);
+        if slot.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let weak: Weak<Versions> = Arc::downgrade(&self.versions);
+        let me = Topology {
+            versions: Arc::new(Versions::default()),
+            ..self.clone()
+        };
+        let broker = broker.clone();
+        *slot = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RECONCILE_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(versions) = weak.upgrade() else {
+                    return;
+                };
+                let me = Topology {
+                    versions,
+                    ..me.clone()
+                };
+                match me.reconcile(&broker).await {
+                    Ok(_) => {}
+                    // The consume loop reports the connection; the reconnect reconciles.
+                    Err(e) if !broker.is_connected() => {
+                        tracing::debug!(queue = %me.queue, error = %e, "binding reconcile skipped while disconnected");
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %me.queue, error = %e, "binding reconcile failed; next one in {RECONCILE_EVERY:?}");
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Reconciles under the lock (waiting for it briefly).
+    async fn reconcile(&self, broker: &Broker) -> Result<Vec<String>, BrokerError> {
+        let lock = self.lock(broker, Duration::from_secs(5)).await?;
+        let r = self.reconcile_locked(broker).await;
+        lock.release().await;
+        r
+    }
+
+    /// Reads every record, writes ours if missing, removes the bindings and records of
+    /// versions that no longer run (unless a running one needs the binding), and refreshes
+    /// the view of the other running versions. Returns the patterns unbound.
+    async fn reconcile_locked(&self, broker: &Broker) -> Result<Vec<String>, BrokerError> {
+        let own = self.version();
+        // Still visible? (A connection lost and recovered by lapin may have taken the presence
+        // queue with it.)
+        let mine = broker.consumer_count(&self.presence_queue_of(&own)).await?;
+        if mine.unwrap_or(0) == 0 {
+            tracing::info!(queue = %self.queue, version = %own, "presence queue gone; declaring it again");
+            self.make_visible(broker).await?;
+        }
+        let mut browser = broker.browse(&self.record_queue()).await?;
+        let result = async {
+            let mut records = Vec::new();
+            while let Some(d) = browser.next().await? {
+                match serde_json::from_slice::<BindingRecord>(&d.message.body) {
+                    Ok(r) => records.push((r, d)),
+                    // Left unacked: it returns to the queue; someone may know it.
+                    Err(e) => tracing::warn!(error = %e, "ignoring an unreadable binding record"),
+                }
+            }
+            let mut alive: BTreeMap<String, bool> = BTreeMap::new();
+            for (r, _) in &records {
+                if alive.contains_key(&r.version) {
+                    continue;
+                }
+                let up = r.version == own
+                    || (!r.version.is_empty()
+                        && broker
+                            .consumer_count(&self.presence_queue_of(&r.version))
+                            .await?
+                            .is_some_and(|n| n > 0));
+                alive.insert(r.version.clone(), up);
+            }
+            let is_alive = |r: &BindingRecord| alive.get(&r.version).copied().unwrap_or(false);
+            let mut needed: BTreeSet<(String, String)> = self
+                .patterns
+                .iter()
+                .map(|p| (self.exchange.clone(), p.as_str().to_owned()))
+                .collect();
+            for (r, _) in records.iter().filter(|(r, _)| is_alive(r)) {
+                needed.extend(r.patterns.iter().map(|p| (r.exchange.clone(), p.clone())));
+            }
+            if !records.iter().any(|(r, _)| r.version == own && *r == self.record()) {
+                self.publish_record(broker).await?;
+            }
+            let mut unbound = Vec::new();
+            let mut stale: BTreeSet<(String, String)> = BTreeSet::new();
+            for (r, _) in records.iter().filter(|(r, _)| !is_alive(r)) {
+                stale.extend(r.patterns.iter().map(|p| (r.exchange.clone(), p.clone())));
+            }
+            for (exchange, p) in stale.difference(&needed) {
                 broker.unbind(&self.queue, exchange, p).await?;
-                tracing::info!(queue = %self.queue, exchange = %exchange, pattern = %p, "removed stale binding");
+                tracing::info!(queue = %self.queue, exchange = %exchange, pattern = %p, "removed a binding no running version subscribes to");
                 unbound.push(p.clone());
             }
+            // Only now the records of versions gone (and duplicates of running ones).
+            let mut kept: BTreeSet<&str> = BTreeSet::new();
+            for (r, d) in &records {
+                let duplicate = !kept.insert(r.version.as_str()) && is_alive(r);
+                if !is_alive(r) || duplicate {
+                    d.acker.ack_in_order(false).await?;
+                }
+            }
+            let mut view = View {
+                fetched: Some(Instant::now()),
+                ..View::default()
+            };
+            for (r, _) in records.iter().filter(|(r, _)| is_alive(r) && r.version != own) {
+                if !view.names.contains(&r.version) {
+                    view.names.push(r.version.clone());
+                    view.others.extend(
+                        r.handlers
+                            .iter()
+                            .filter_map(|(p, id)| Some((Pattern::new(p).ok()?, id.clone()))),
+                    );
+                }
+            }
+            *lock(&self.versions.view) = view;
+            Ok(unbound)
         }
-        let record = BindingRecord {
-            exchange: self.exchange.clone(),
-            patterns: wanted.iter().map(|p| (*p).to_owned()).collect(),
-        };
-        let body = serde_json::to_vec(&record)
+        .await;
+        browser.close().await;
+        result
+    }
+
+    async fn publish_record(&self, broker: &Broker) -> Result<(), BrokerError> {
+        let record_queue = self.record_queue();
+        let body = serde_json::to_vec(&self.record())
             .map_err(|e| BrokerError::with_source("cannot encode the binding record", e))?;
         let msg = Message {
             routing_key: record_queue.clone(),
@@ -96,14 +441,307 @@ impl Topology {
                 "the broker did not store the binding record in `{record_queue}`"
             )));
         }
-        Ok(Declared {
-            bound: wanted.iter().map(|p| (*p).to_owned()).collect(),
-            unbound,
-        })
+        Ok(())
+    }
+
+    /// Decides what happens to `message` (topic `topic`; only for handler ids `only`, when it
+    /// is a retry) that no local handler matches: handed off when another running version
+    /// handles it (the view is refreshed first when it predates the delivery), dead-lettered
+    /// otherwise.
+    pub(crate) async fn no_local_handler(
+        &self,
+        broker: &Broker,
+        message: &Message,
+        topic: &str,
+        only: Option<&[String]>,
+    ) -> Result<NoHandler, BrokerError> {
+        let arrived = Instant::now();
+        let stale = lock(&self.versions.view)
+            .fetched
+            .is_none_or(|t| t < arrived);
+        if stale {
+            let _one = self.versions.refreshing.lock().await;
+            let still = lock(&self.versions.view)
+                .fetched
+                .is_none_or(|t| t < arrived);
+            if still && let Err(e) = self.reconcile(broker).await {
+                tracing::warn!(error = %e, "cannot read the running versions; using what is known");
+            }
+        }
+        let view = lock(&self.versions.view).clone();
+        let handles = view
+            .others
+            .iter()
+            .any(|(p, id)| p.matches(topic) && only.is_none_or(|ids| ids.iter().any(|i| i == id)));
+        if !handles {
+            return Ok(NoHandler::DeadLetter(format!(
+                "no local handler matches `{topic}`, and no running version of `{}` handles it \
+                 (this one subscribes to {}; other running versions: {})",
+                self.queue,
+                list(self.patterns.iter().map(Pattern::as_str)),
+                list(view.names.iter().map(String::as_str)),
+            )));
+        }
+        let hops = message
+            .properties
+            .headers
+            .get(HOPS_HEADER)
+            .and_then(HeaderValue::as_i64)
+            .unwrap_or(0);
+        if hops >= MAX_HOPS {
+            return Ok(NoHandler::DeadLetter(format!(
+                "no local handler matches `{topic}` after {hops} hand-offs, although running \
+                 version(s) {} of `{}` handle it",
+                list(view.names.iter().map(String::as_str)),
+                self.queue
+            )));
+        }
+        let mut m = message.clone();
+        m.properties
+            .headers
+            .insert(HOPS_HEADER.to_owned(), HeaderValue::Int(hops + 1));
+        m.properties.headers.insert(
+            crate::dispatch::TOPIC_HEADER.to_owned(),
+            HeaderValue::from(message.routing_key.as_str()),
+        );
+        m.properties.persistent = true;
+        m.properties.expiration = None;
+        m.routing_key = self.handoff_queue();
+        let declared = &self.versions.handoff_declared;
+        if !declared.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut spec = QueueSpec::durable(self.handoff_queue(), self.queue_type);
+            spec.message_ttl = Some(HANDOFF_WAIT);
+            spec.dead_letter = Some((String::new(), self.queue.clone()));
+            broker
+                .declare_queue(&spec)
+                .await
+                .map_err(|e| e.for_service(&self.queue))?;
+            declared.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        match broker.publish("", &m, true).await? {
+            Confirm::Ack => Ok(NoHandler::HandedOff),
+            Confirm::Nack | Confirm::Returned => {
+                // Declared again next time (someone may have deleted it).
+                declared.store(false, std::sync::atomic::Ordering::Relaxed);
+                Err(BrokerError::new(format!(
+                    "the broker did not accept the hand-off copy for `{}`",
+                    m.routing_key
+                )))
+            }
+        }
+    }
+}
+
+/// The dispatcher's verdict on a delivery no local handler matches (not an RPC request):
+/// acknowledged once handed off to another running version, dead-lettered with the reason
+/// when none handles it, requeued after `backoff()` when the hand-off copy could not be sent.
+pub(crate) async fn unmatched_verdict(
+    topology: &Topology,
+    broker: &Broker,
+    message: &Message,
+    topic: &str,
+    only: Option<&[String]>,
+    backoff: impl FnOnce() -> Duration,
+) -> crate::dispatch::Verdict {
+    use crate::dispatch::{DeadLetter, Forward, Verdict};
+    match topology
+        .no_local_handler(broker, message, topic, only)
+        .await
+    {
+        Ok(NoHandler::HandedOff) => Verdict::Ack,
+        Ok(NoHandler::DeadLetter(reason)) => Verdict::Forward(Forward {
+            dead_letters: vec![DeadLetter {
+                reason,
+                handler: None,
+                kind: crate::telemetry::DeadLetterKind::NoHandler,
+            }],
+            ..Forward::default()
+        }),
+        Err(e) => {
+            let after = backoff();
+            tracing::warn!(error = %e, ?after, "could not hand a delivery off to another version; requeueing it");
+            Verdict::Requeue { after }
+        }
+    }
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = items.collect();
+    if v.is_empty() {
+        "none".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Releases the reconcile lock when dropped (the broker releases it anyway if we die).
+struct LockGuard {
+    broker: Broker,
+    name: String,
+}
+
+impl LockGuard {
+    async fn release(mut self) {
+        let name = std::mem::take(&mut self.name);
+        if let Err(e) = self.broker.delete_queue(&name).await {
+            tracing::warn!(error = %e, lock = %name, "cannot release the lock");
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let broker = self.broker.clone();
+        let name = std::mem::take(&mut self.name);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = broker.delete_queue(&name).await {
+                    tracing::warn!(error = %e, lock = %name, "cannot release the lock");
+                }
+            });
+        }
     }
 }
 
 /// The dead-letter queue of a service queue.
 pub(crate) fn dlq_name(queue: &str) -> String {
     format!("{queue}.dlq")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::MemoryBroker;
+
+    fn topology(pairs: &[(&str, &str)]) -> Topology {
+        Topology::new(
+            "x".to_owned(),
+            "svc".to_owned(),
+            QueueType::Classic,
+            pairs
+                .iter()
+                .map(|(p, id)| (Pattern::new(*p).expect("pattern"), (*id).to_owned())),
+        )
+    }
+
+    fn event(topic: &str) -> Message {
+        Message {
+            routing_key: topic.to_owned(),
+            properties: Properties::default(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    /// How many of `topics` the exchange routes to the service queue.
+    async fn routed(b: &Broker, topics: &[&str]) -> u32 {
+        let before = b.queue_len("svc").await.expect("len");
+        for t in topics {
+            b.publish("x", &event(t), false).await.expect("publish");
+        }
+        let after = b.queue_len("svc").await.expect("len");
+        b.purge_queue("svc").await.expect("purge");
+        after - before
+    }
+
+    #[tokio::test]
+    async fn versions_keep_each_others_bindings_and_stale_ones_go() {
+        let b = Broker::Memory(MemoryBroker::new());
+        let v1 = topology(&[("t.a", "s::a"), ("t.b", "s::b")]);
+        let v2 = topology(&[("t.a", "s::a"), ("t.c", "s::c")]);
+        assert_ne!(v1.version(), v2.version());
+        assert_eq!(
+            v1.declare(&b).await.expect("v1").unbound,
+            Vec::<String>::new()
+        );
+        // v2 starts while v1 runs: nothing of v1's goes.
+        assert_eq!(
+            v2.declare(&b).await.expect("v2").unbound,
+            Vec::<String>::new()
+        );
+        assert_eq!(routed(&b, &["t.a", "t.b", "t.c", "t.d"]).await, 3);
+        assert_eq!(b.queue_len("svc.tchu.bindings").await.expect("len"), 2);
+
+        // v2 hands `t.b` off (v1 runs) and dead-letters `t.d` (nobody handles it).
+        assert_eq!(
+            v2.no_local_handler(&b, &event("t.b"), "t.b", None)
+                .await
+                .expect("decide"),
+            NoHandler::HandedOff
+        );
+        assert_eq!(b.queue_len("svc.tchu.handoff").await.expect("len"), 1);
+        // A retry due for a handler id no running version has is not handed off.
+        let only = ["s::gone".to_owned()];
+        assert!(matches!(
+            v2.no_local_handler(&b, &event("t.b"), "t.b", Some(&only))
+                .await,
+            Ok(NoHandler::DeadLetter(_))
+        ));
+        let Ok(NoHandler::DeadLetter(why)) =
+            v2.no_local_handler(&b, &event("t.d"), "t.d", None).await
+        else {
+            panic!("t.d is handled by no one");
+        };
+        assert!(
+            why.contains("no running version of `svc` handles it"),
+            "{why}"
+        );
+
+        // The hop bound.
+        let mut tired = event("t.b");
+        tired
+            .properties
+            .headers
+            .insert(HOPS_HEADER.to_owned(), HeaderValue::Int(MAX_HOPS));
+        let Ok(NoHandler::DeadLetter(why)) = v2.no_local_handler(&b, &tired, "t.b", None).await
+        else {
+            panic!("past the hop bound");
+        };
+        assert!(why.contains("hand-offs"), "{why}");
+
+        // v1's last instance stops: its presence queue goes, and the next reconcile removes
+        // `t.b` (and only it) and v1's record.
+        let presence = format!("svc.tchu.v.{}", v1.version());
+        assert_eq!(b.consumer_count(&presence).await.expect("count"), Some(1));
+        drop(v1);
+        assert_eq!(b.consumer_count(&presence).await.expect("count"), None);
+        assert_eq!(
+            v2.reconcile(&b).await.expect("reconcile"),
+            vec!["t.b".to_owned()]
+        );
+        assert_eq!(routed(&b, &["t.a", "t.b", "t.c"]).await, 2);
+        assert_eq!(b.queue_len("svc.tchu.bindings").await.expect("len"), 1);
+        assert!(matches!(
+            v2.no_local_handler(&b, &event("t.b"), "t.b", None).await,
+            Ok(NoHandler::DeadLetter(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_first_release_record_counts_as_a_version_gone() {
+        let b = Broker::Memory(MemoryBroker::new());
+        b.declare_exchange("x").await.expect("exchange");
+        b.declare_queue(&QueueSpec::durable("svc", QueueType::Classic))
+            .await
+            .expect("queue");
+        b.declare_queue(&QueueSpec::durable("svc.tchu.bindings", QueueType::Classic))
+            .await
+            .expect("queue");
+        b.bind("svc", "x", "t.old").await.expect("bind");
+        let old = Message {
+            routing_key: "svc.tchu.bindings".to_owned(),
+            properties: Properties::default(),
+            body: br#"{"exchange": "x", "patterns": ["t.old", "t.a"]}"#.to_vec(),
+        };
+        b.publish("", &old, true).await.expect("record");
+        let v = topology(&[("t.a", "s::a")]);
+        assert_eq!(
+            v.declare(&b).await.expect("declare").unbound,
+            vec!["t.old".to_owned()]
+        );
+        assert_eq!(routed(&b, &["t.a", "t.old"]).await, 1);
+        assert_eq!(b.queue_len("svc.tchu.bindings").await.expect("len"), 1);
+    }
 }

@@ -1,16 +1,27 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), warn(clippy::print_stdout))]
 
 pub use tchu_macros::{event, subscribe};
 
+pub use tchu_runtime::DeadLetterBrowser;
 pub use tchu_runtime::{
     App, Backoff, BrokerError, BrokerUrl, CallError, Client, ClientCert, Config, ConfigError,
     Context, DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health,
     HealthCheck, MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection,
-    RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot, TlsConfig, Topic,
-    TopicError, call, default_client, publish, run, set_default,
+    RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot, SubscriptionError,
+    TlsConfig, Topic, TopicError, UnknownQueueType, call, default_client, publish, run,
+    set_default,
 };
 pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
+// Types that appear in the signatures above (`App::filter`, `App::subscribe`, `Meta::headers`,
+// `DeadLetter::message`, ...), nameable through the facade.
+pub use tchu_runtime::{IntoOutcome, MAX_SERVICE_BYTES, Outcome, Subscription, connect};
+
+/// Messages as tchu sees them on the wire: properties and AMQP header values (in
+/// [`Meta::headers`] and [`DeadLetter`]).
+pub mod message {
+    pub use tchu_runtime::message::{HeaderValue, Headers, Message, Properties};
+}
 
 pub use tchu_runtime::headers;
 pub use tchu_runtime::telemetry;
@@ -26,8 +37,10 @@ pub mod wire {
 /// Settings defaults and helpers.
 pub mod config {
     pub use tchu_runtime::{
-        DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY, DEFAULT_EXCHANGE,
-        DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS, DEFAULT_PREFETCH, redact,
+        DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_EXCHANGE, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS,
+        DEFAULT_PREFETCH, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, MAX_NAME_BYTES,
+        MAX_SERVICE_BYTES, redact,
     };
 }
 
@@ -50,12 +63,15 @@ pub mod __private {
     pub use std::borrow::Cow;
     pub use std::boxed::Box;
     pub use std::sync::Arc;
+    pub use std::vec::Vec;
     pub use tchu_runtime::__private::{
         BoxFuture, EventInfo, HandlerArg, HandlerFn, ProbeJsonSchema, ProbeNoSchema, ReplyOf,
         ReturnsResult, ReturnsValue, SchemaProbe, call_event, check_pattern, check_reply,
         check_topic, extract_event, extracted, inventory, object_schema, publish_event, schema_of,
         serde, serde_json,
     };
+    /// What handler arguments need from the app (`State<T>`, `Context<T>`).
+    pub use tchu_runtime::__private::{Need, NeedProbe, ViaNeed, ViaNoNeed};
     pub use tchu_runtime::{
         Backoff, CallError, Client, Delivery, Event, Failure, FromDelivery, IntoOutcome, MessageId,
         PublishError, Rejection, RetryPolicy, Subscription, schemars, validator,

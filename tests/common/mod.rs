@@ -1,6 +1,13 @@
 //! Helpers shared by the integration tests: unique names per test, clients on the real broker,
 //! bounded waits, clean-up.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    reason = "each test binary includes this module and uses a different part of it"
+)]
+#![expect(
+    unreachable_pub,
+    reason = "`pub` is how the test files reach these helpers"
+)]
 
 use std::time::Duration;
 
@@ -61,7 +68,13 @@ impl Names {
     pub async fn cleanup(&self, client: &Client, services: &[&str], extra: &[&str]) {
         for s in services {
             let q = self.service(s);
-            for name in [q.clone(), format!("{q}.dlq"), format!("{q}.tchu.bindings")] {
+            for name in [
+                q.clone(),
+                format!("{q}.dlq"),
+                format!("{q}.tchu.bindings"),
+                // Declared on first use, in a rolling deploy (topology.rs).
+                format!("{q}.tchu.handoff"),
+            ] {
                 let _ = client.delete_queue(&name).await;
             }
         }

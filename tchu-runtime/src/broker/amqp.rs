@@ -35,9 +35,10 @@ use lapin::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
 use crate::broker::{Confirm, InboundDelivery, QueueSpec, QueueType, ReplyConsumer};
-use crate::config::{ClientCert, TlsConfig, redact};
 use crate::error::BrokerError;
 use crate::message::{HeaderValue, Headers, Message, Properties};
+use crate::tls::{ClientCert, TlsConfig};
+use crate::url::redact;
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -49,8 +50,6 @@ pub(crate) const RECOVERY_GRACE: Duration = Duration::from_secs(3);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an abandoned connection is watched, to close it if lapin recovers it.
 const ABANDONED_WATCH: Duration = Duration::from_secs(3600);
-/// The longest one node may take to accept a connection before the next one is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Inner {
@@ -70,6 +69,8 @@ struct Shared {
     urls: Vec<String>,
     name: String,
     publish_timeout: Duration,
+    /// The longest one node may take to accept a connection before the next one is tried.
+    connect_timeout: Duration,
     /// For `amqps://` nodes.
     tls: TlsConfig,
     current: std::sync::RwLock<Arc<Inner>>,
@@ -77,6 +78,15 @@ struct Shared {
     reconnecting: tokio::sync::Mutex<()>,
     /// Where direct reply-to replies go, once RPC is used.
     replies: std::sync::Mutex<Option<ReplySender>>,
+}
+
+/// The timeouts of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// The longest one node may take to accept a connection.
+    pub(crate) connect: Duration,
+    /// The longest a publish waits for its confirm, reconnection included.
+    pub(crate) publish: Duration,
 }
 
 /// A connection to RabbitMQ.
@@ -95,15 +105,16 @@ impl AmqpBroker {
     pub(crate) async fn connect(
         urls: &[String],
         name: &str,
-        publish_timeout: Duration,
+        timeouts: Timeouts,
         tls: &TlsConfig,
     ) -> Result<Self, BrokerError> {
-        let inner = open_any(urls, 0, name, tls, None).await?;
+        let inner = open_any(urls, 0, name, tls, timeouts.connect, None).await?;
         Ok(AmqpBroker {
             shared: Arc::new(Shared {
                 urls: urls.to_vec(),
                 name: name.to_owned(),
-                publish_timeout,
+                publish_timeout: timeouts.publish,
+                connect_timeout: timeouts.connect,
                 tls: tls.clone(),
                 current: std::sync::RwLock::new(Arc::new(inner)),
                 reconnecting: tokio::sync::Mutex::new(()),
@@ -140,6 +151,7 @@ impl AmqpBroker {
             seen.node + 1,
             &self.shared.name,
             &self.shared.tls,
+            self.shared.connect_timeout,
             self.reply_sender(),
         )
         .await?;
@@ -515,17 +527,18 @@ impl AmqpBroker {
         Ok(Confirm::Returned)
     }
 
-    pub(crate) async fn get(&self, queue: &str) -> Result<Option<Message>, BrokerError> {
-        self.with_channel(&format!("cannot get from `{queue}`"), |ch| async move {
-            let got = ch
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await?;
-            Ok(got.map(|mut g| {
-                let body = std::mem::take(&mut g.delivery.data);
-                from_lapin_delivery(&g.delivery, body)
-            }))
+    /// Opens a channel of its own for reading `queue` with basic.get and manual acks.
+    pub(crate) async fn browse(&self, queue: &str) -> Result<AmqpBrowser, BrokerError> {
+        let channel = self
+            .inner()
+            .conn
+            .create_channel()
+            .await
+            .map_err(err("cannot open a channel"))?;
+        Ok(AmqpBrowser {
+            channel,
+            queue: queue.to_owned(),
         })
-        .await
     }
 
     pub(crate) async fn consume(
@@ -587,6 +600,58 @@ impl AmqpBroker {
                     .await?;
                 Ok(q.message_count())
             },
+        )
+        .await
+    }
+
+    /// Consumers of `queue`, `None` when it does not exist (passive declare).
+    pub(crate) async fn consumer_count(&self, queue: &str) -> Result<Option<u32>, BrokerError> {
+        self.with_channel_map(
+            |ch| async move {
+                let q = ch
+                    .queue_declare(
+                        queue.into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match q {
+                    Ok(q) => Ok(Some(q.consumer_count())),
+                    Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            },
+            |e| BrokerError::with_source(format!("cannot inspect queue `{queue}`"), e),
+        )
+        .await
+    }
+
+    /// Takes the lock `name`: an exclusive queue of this connection (so a crash releases it).
+    /// `false` when another connection holds it.
+    pub(crate) async fn try_lock(&self, name: &str) -> Result<bool, BrokerError> {
+        self.with_channel_map(
+            |ch| async move {
+                let q = ch
+                    .queue_declare(
+                        name.into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match q {
+                    Ok(_) => Ok(true),
+                    Err(e) if is_soft(&e, AMQPSoftError::RESOURCELOCKED) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            },
+            |e| BrokerError::with_source(format!("cannot take the lock `{name}`"), e),
         )
         .await
     }
@@ -655,6 +720,43 @@ impl AmqpConsumer {
     /// Closes the consumer's channel: unsettled deliveries return to the queue.
     pub(crate) async fn close(self) {
         let _ = self.channel.close(200, ShortString::from("shutdown")).await;
+    }
+}
+
+/// Reads one queue with basic.get and manual acks on a channel of its own: what is not acked
+/// returns to the queue when the channel closes (or the connection, or the process, dies).
+#[derive(Debug)]
+pub(crate) struct AmqpBrowser {
+    channel: Channel,
+    queue: String,
+}
+
+impl AmqpBrowser {
+    pub(crate) async fn next(&mut self) -> Result<Option<InboundDelivery>, BrokerError> {
+        let got = self
+            .channel
+            .basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(|e| {
+                BrokerError::with_source(format!("cannot get from `{}`", self.queue), e)
+            })?;
+        Ok(got.map(|g| {
+            let mut d = g.delivery;
+            let body = std::mem::take(&mut d.data);
+            InboundDelivery {
+                message: from_lapin_delivery(&d, body),
+                redelivered: d.redelivered,
+                acker: crate::broker::Acker::Amqp(AmqpAcker(d.acker)),
+            }
+        }))
+    }
+
+    /// Closes the channel: everything read and not acked returns to the queue.
+    pub(crate) async fn close(self) {
+        let _ = self.channel.close(200, ShortString::from("done")).await;
     }
 }
 
@@ -736,6 +838,13 @@ async fn consume_replies(channel: &Channel, tx: ReplySender) -> Result<(), lapin
 }
 
 /// Whether a declare was refused because the entity exists with other arguments.
+fn is_soft(e: &lapin::Error, kind: AMQPSoftError) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(p) if p.kind() == &AMQPErrorKind::Soft(kind)
+    )
+}
+
 fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(
         e.kind(),
@@ -752,21 +861,22 @@ async fn open_any(
     start: usize,
     name: &str,
     tls: &TlsConfig,
+    connect_timeout: Duration,
     replies: Option<ReplySender>,
 ) -> Result<Inner, BrokerError> {
-    let mut last = None;
+    let mut failures = Vec::new();
     for k in 0..urls.len() {
         let node = (start + k) % urls.len();
         let url = &urls[node];
         let attempt = async {
-            let mut inner = open(url, name, tls).await?;
+            let mut inner = open(url, name, tls, connect_timeout).await?;
             inner.node = node;
             if let Some(tx) = &replies {
                 subscribe_replies(&inner.publish, tx.clone()).await?;
             }
             Ok::<_, BrokerError>(inner)
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        match tokio::time::timeout(connect_timeout, attempt).await {
             Ok(Ok(inner)) => {
                 if urls.len() > 1 {
                     tracing::info!(node = %redact(url), "connected to broker node");
@@ -774,25 +884,34 @@ async fn open_any(
                 return Ok(inner);
             }
             Ok(Err(e)) => {
-                tracing::warn!(node = %redact(url), error = %e, "cannot connect to broker node");
-                last = Some(e);
+                // Debug: the error returned lists every node and why.
+                tracing::debug!(node = %redact(url), error = %e, "cannot connect to broker node");
+                failures.push(e);
             }
             Err(_) => {
-                tracing::warn!(node = %redact(url), "connecting to broker node timed out");
-                last = Some(BrokerError::new(format!(
-                    "connecting to {} timed out",
+                tracing::debug!(node = %redact(url), "connecting to broker node timed out");
+                failures.push(BrokerError::new(format!(
+                    "cannot connect to the broker at {}: no answer within {connect_timeout:?} \
+                     (TCHU_CONNECT_TIMEOUT)",
                     redact(url)
                 )));
             }
         }
     }
-    Err(match last {
-        Some(e) if urls.len() == 1 => e,
-        Some(e) => BrokerError::with_source(
-            format!("cannot connect to any of the {} broker nodes", urls.len()),
-            e,
-        ),
-        None => BrokerError::new("no broker URL"),
+    Err(match failures.len() {
+        0 => BrokerError::new("no broker URL"),
+        1 => failures.remove(0),
+        n => {
+            let each: Vec<String> = failures
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{}) {}", i + 1, crate::error::chain(e)))
+                .collect();
+            BrokerError::new(format!(
+                "cannot connect to any of the {n} broker nodes: {}",
+                each.join("; ")
+            ))
+        }
     })
 }
 
@@ -856,7 +975,11 @@ fn connect_error(url: &str, e: lapin::Error) -> BrokerError {
     let node = redact(url);
     match tls_hint(&e.to_string()).filter(|_| url.starts_with("amqps://")) {
         Some(h) => BrokerError::with_source(format!("TLS connection to {node} failed: {h}"), e),
-        None => BrokerError::with_source(format!("cannot connect to the broker at {node}"), e),
+        // The cause in the message itself: logs and `Display` show it too.
+        None => BrokerError::new(format!(
+            "cannot connect to the broker at {node}: {}",
+            e.to_string().replace(url, &node)
+        )),
     }
 }
 
@@ -925,8 +1048,60 @@ async fn check_tls(url: &str, tls: &lapin::tcp::OwnedTLSConfig) -> Result<(), Br
     ))
 }
 
+/// Resolves the host of `url` and opens (and closes at once) a plain TCP connection to it,
+/// within `timeout`: lapin retries failed TCP connects with backoff, which turns a refused port
+/// into a long wait ending in "timed out" (and leaves its I/O thread retrying). This way an
+/// unknown host, a refused connection and a silent host each fail at once with their cause.
+async fn probe_tcp(url: &str, timeout: Duration) -> Result<(), BrokerError> {
+    // A URL lapin cannot read is reported by lapin's own connect.
+    let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() else {
+        return Ok(());
+    };
+    let node = redact(url);
+    let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+    let target = format!("{host}:{port}");
+    let probe = tokio::task::spawn_blocking(move || {
+        use std::net::ToSocketAddrs as _;
+        let addrs: Vec<std::net::SocketAddr> = match (host.as_str(), port).to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => return Err(format!("cannot resolve the host name `{host}`: {e}")),
+        };
+        let mut why = Vec::new();
+        for addr in &addrs {
+            match std::net::TcpStream::connect_timeout(addr, timeout) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    why.push(format!(
+                        "{addr}: no answer within {timeout:?} (TCHU_CONNECT_TIMEOUT)"
+                    ));
+                }
+                Err(e) => why.push(format!("{addr}: {e}")),
+            }
+        }
+        if why.is_empty() {
+            return Err(format!("the host name `{host}` has no address"));
+        }
+        Err(why.join("; "))
+    });
+    let outcome = match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => return Ok(()), // the probe task failed: leave it to lapin
+        Err(_) => Err(format!(
+            "{target}: no answer within {timeout:?} (TCHU_CONNECT_TIMEOUT)"
+        )),
+    };
+    outcome
+        .map_err(|why| BrokerError::new(format!("cannot connect to the broker at {node}: {why}")))
+}
+
 /// Opens a connection with auto-recovery and its confirm-mode publish channel.
-async fn open(url: &str, name: &str, tls: &TlsConfig) -> Result<Inner, BrokerError> {
+async fn open(
+    url: &str,
+    name: &str,
+    tls: &TlsConfig,
+    connect_timeout: Duration,
+) -> Result<Inner, BrokerError> {
+    probe_tcp(url, connect_timeout).await?;
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(name.to_owned()))
         .enable_auto_recover();

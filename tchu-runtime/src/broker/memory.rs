@@ -170,6 +170,7 @@ impl MemoryBroker {
     }
 
     /// basic.get with auto-ack: takes the first ready message of `q`, if any.
+    #[cfg(test)]
     pub(crate) fn get(&self, q: &str) -> Result<Option<Message>, BrokerError> {
         let mut st = self.lock();
         if !st.queues.contains_key(q) {
@@ -208,6 +209,26 @@ impl MemoryBroker {
         st.replies.retain(|_, tx| !tx.is_closed());
         st.replies.insert(address.clone(), tx);
         (address, ReplyConsumer::Memory(rx))
+    }
+
+    /// Consumers of `q`, `None` when it does not exist.
+    pub(crate) fn consumer_count(&self, q: &str) -> Option<u32> {
+        let st = self.lock();
+        st.queues
+            .get(q)
+            .map(|q| u32::try_from(q.consumers.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Creates the lock queue `name` unless it exists (then `false`); deleting it unlocks.
+    pub(crate) fn try_lock(&self, name: &str) -> bool {
+        let mut st = self.lock();
+        if st.queues.contains_key(name) {
+            return false;
+        }
+        let uid = st.next_id();
+        st.queues
+            .insert(name.to_owned(), Queue::new(uid, QueueSpec::temporary(name)));
+        true
     }
 
     /// Number of ready messages in `q` (not counting unacked ones); an error when `q` does not
@@ -823,6 +844,16 @@ impl MemoryConsumer {
                 Take::Gone => return None,
                 Take::Wait => notified.await,
             }
+        }
+    }
+}
+
+impl MemoryConsumer {
+    /// The next delivery if one is ready now, without waiting (browsing a queue).
+    pub(crate) fn try_next(&mut self) -> Option<InboundDelivery> {
+        match lock(&self.state).take(&self.queue, self.uid, self.id, self.prefetch) {
+            Take::Delivery(d) => Some(*d),
+            Take::Wait | Take::Gone => None,
         }
     }
 }

@@ -1,16 +1,18 @@
-//! The transports behind one crate-private interface: [`amqp`] (RabbitMQ over lapin) and
-//! [`memory`] (an in-process broker with the same semantics for demos and tests).
+//! The transports behind one crate-private interface: `amqp` (RabbitMQ over lapin) and
+//! `memory` (an in-process broker with the same semantics for demos and tests).
 //!
 //! `Broker` is an enum rather than a trait object: two variants, static dispatch, and async
 //! methods without boxing.
 
 pub(crate) mod amqp;
 pub(crate) mod memory;
+pub(crate) mod stall;
 
 use std::time::Duration;
 
 use crate::error::BrokerError;
 use crate::message::Message;
+pub use crate::queue_type::QueueType;
 
 /// What the broker said about one published message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,48 +23,6 @@ pub(crate) enum Confirm {
     Nack,
     /// Mandatory and routed to no queue.
     Returned,
-}
-
-/// The type of a service's queues: its main queue, its dead-letter queue, its retry wait
-/// queues and its binding record (`TCHU_QUEUE_TYPE`, [`App::queue_type`](crate::App::queue_type);
-/// see `docs/cluster.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum QueueType {
-    /// Classic durable queue (the default): lives on one node of a cluster.
-    #[default]
-    Classic,
-    /// Quorum queue: replicated on the cluster's nodes (Raft), survives the loss of a minority
-    /// of them. Works on a single node too.
-    Quorum,
-}
-
-impl QueueType {
-    /// The name used by RabbitMQ's `x-queue-type` and by `TCHU_QUEUE_TYPE`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueType::Classic => "classic",
-            QueueType::Quorum => "quorum",
-        }
-    }
-}
-
-impl std::fmt::Display for QueueType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for QueueType {
-    type Err = crate::error::ConfigError;
-
-    /// `classic` or `quorum` (any case).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "classic" => Ok(QueueType::Classic),
-            "quorum" => Ok(QueueType::Quorum),
-            _ => Err(crate::error::ConfigError::QueueType(s.to_owned())),
-        }
-    }
 }
 
 /// A queue to declare.
@@ -174,6 +134,33 @@ impl Consumer {
     }
 }
 
+/// Reads a queue one message at a time without taking anything away (basic.get with manual
+/// acks): whatever is read and not acked goes back to the queue, in order and marked
+/// redelivered, when the browser closes, is dropped, or its process dies.
+#[derive(Debug)]
+pub(crate) enum Browser {
+    Amqp(amqp::AmqpBrowser),
+    Memory(memory::MemoryConsumer),
+}
+
+impl Browser {
+    /// The next ready message, unacked; `None` when the queue has no ready message.
+    pub(crate) async fn next(&mut self) -> Result<Option<InboundDelivery>, BrokerError> {
+        match self {
+            Browser::Amqp(b) => b.next().await,
+            Browser::Memory(c) => Ok(c.try_next()),
+        }
+    }
+
+    /// Ends the browse: every message read and not acked returns to the queue.
+    pub(crate) async fn close(self) {
+        match self {
+            Browser::Amqp(b) => b.close().await,
+            Browser::Memory(c) => drop(c),
+        }
+    }
+}
+
 /// Replies to this client's RPC calls, from every responder.
 #[derive(Debug)]
 pub(crate) enum ReplyConsumer {
@@ -249,11 +236,11 @@ impl Broker {
         }
     }
 
-    /// Takes one message off a queue and acknowledges it (basic.get).
-    pub(crate) async fn get(&self, queue: &str) -> Result<Option<Message>, BrokerError> {
+    /// Starts reading `queue` without removing anything (see [`Browser`]).
+    pub(crate) async fn browse(&self, queue: &str) -> Result<Browser, BrokerError> {
         match self {
-            Broker::Amqp(b) => b.get(queue).await,
-            Broker::Memory(b) => b.get(queue),
+            Broker::Amqp(b) => b.browse(queue).await.map(Browser::Amqp),
+            Broker::Memory(b) => b.consume(queue, 0).map(Browser::Memory),
         }
     }
 
@@ -288,6 +275,23 @@ impl Broker {
         }
     }
 
+    /// Consumers of a queue, `None` when it does not exist.
+    pub(crate) async fn consumer_count(&self, queue: &str) -> Result<Option<u32>, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.consumer_count(queue).await,
+            Broker::Memory(b) => Ok(b.consumer_count(queue)),
+        }
+    }
+
+    /// Takes the lock `name` (a queue only this connection may use, gone with it); `false`
+    /// when someone else holds it. [`Broker::delete_queue`] releases it.
+    pub(crate) async fn try_lock(&self, name: &str) -> Result<bool, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.try_lock(name).await,
+            Broker::Memory(b) => Ok(b.try_lock(name)),
+        }
+    }
+
     /// Removes every ready message of a queue; returns how many.
     pub(crate) async fn purge_queue(&self, queue: &str) -> Result<u32, BrokerError> {
         match self {
@@ -318,6 +322,12 @@ impl Broker {
             Broker::Amqp(b) => b.reconnect_within(grace).await,
             Broker::Memory(_) => Ok(()),
         }
+    }
+
+    /// Whether a consumer that ended may come back after a reconnection; an in-process
+    /// consumer that ends is gone for good.
+    pub(crate) fn recovers(&self) -> bool {
+        matches!(self, Broker::Amqp(_))
     }
 
     /// Whether the connection is up (always for the in-process broker).

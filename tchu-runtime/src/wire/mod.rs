@@ -104,8 +104,8 @@ impl Limits {
     /// The defaults of a service: [`DEFAULT_MAX_BODY`](crate::DEFAULT_MAX_BODY) (16 MiB) and
     /// [`DEFAULT_MAX_HEADERS`](crate::DEFAULT_MAX_HEADERS) (64).
     pub const DEFAULT: Limits = Limits {
-        max_body: crate::config::DEFAULT_MAX_BODY,
-        max_headers: crate::config::DEFAULT_MAX_HEADERS,
+        max_body: crate::defaults::DEFAULT_MAX_BODY,
+        max_headers: crate::defaults::DEFAULT_MAX_HEADERS,
     };
 
     /// No limit (for tools that show whatever arrives).

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::AmqpBroker;
+use super::{AmqpBroker, Timeouts};
 use crate::broker::{Confirm, QueueSpec, QueueType};
-use crate::config::{DEFAULT_BROKER_URL, TlsConfig};
+use crate::defaults::DEFAULT_BROKER_URL;
 use crate::message::Message;
+use crate::tls::TlsConfig;
 
 /// A bound for every wait on the broker.
 const WAIT: Duration = Duration::from_secs(30);
@@ -37,7 +38,15 @@ impl Fixture {
         let queue = format!("t.{test}.{id}");
         let broker = tokio::time::timeout(
             WAIT,
-            AmqpBroker::connect(&[url()], test, WAIT, &TlsConfig::default()),
+            AmqpBroker::connect(
+                &[url()],
+                test,
+                Timeouts {
+                    connect: WAIT,
+                    publish: WAIT,
+                },
+                &TlsConfig::default(),
+            ),
         )
         .await
         .expect("connect timed out")

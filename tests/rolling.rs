@@ -1,0 +1,360 @@
+//! Rolling deploys and rollbacks of one service, with real RabbitMQ and separate processes:
+//! 2 instances of v1 {a, b} under a steady load of a, b and c; 2 instances of v2 {a, c} start;
+//! the v1 instances stop one by one; then v1 comes back and v2 leaves. Every event some running
+//! version subscribes to is handled, none is dead-lettered while a version that handles it
+//! runs, and after each rollout the bindings are the running version's patterns.
+//!
+//! The instances are this test binary run again with `TCHU_ROLLING_CHILD` set (see
+//! `rolling_child`). `cargo test -p tchu --test rolling -- --nocapture` prints the counts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Names, WAIT, bindings};
+use tchu::{App, Delivery, HandlerError};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const TOPICS: [&str; 3] = ["roll.a", "roll.b", "roll.c"];
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// One service instance (run by the parent test as a separate process): subscribes to the
+/// topics in `TCHU_ROLLING_TOPICS`, prints `@@handled <topic> <n>` per event, `@@ready` once
+/// consuming, and stops gracefully on SIGTERM.
+#[test]
+fn rolling_child() {
+    let Ok(topics) = std::env::var("TCHU_ROLLING_CHILD") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        let exchange = std::env::var("TCHU_ROLLING_EXCHANGE").expect("exchange");
+        let service = std::env::var("TCHU_ROLLING_SERVICE").expect("service");
+        let mut config = Names::new("unused").config();
+        config.exchange = exchange;
+        let mut app = App::new(config).service(service).only_module("none");
+        for t in topics.split(',') {
+            let topic = format!("roll.{t}");
+            app = app.subscribe(
+                &topic,
+                &format!("myshop::{t}"),
+                move |d: Arc<Delivery>| async move {
+                    let n = d
+                        .event
+                        .get("n")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(u64::MAX);
+                    println!("@@handled {} {n}", d.meta.topic);
+                    Ok::<(), HandlerError>(())
+                },
+            );
+        }
+        let running = app.start().await.expect("start");
+        println!("@@ready");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal");
+        term.recv().await;
+        let client = running.client().clone();
+        running.shutdown().await;
+        client.close().await;
+        println!("@@stopped");
+    });
+}
+
+type Handled = Arc<Mutex<Vec<(String, String, u64)>>>;
+
+struct Instance {
+    name: String,
+    child: Child,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+async fn start(names: &Names, svc: &str, name: &str, topics: &str, handled: &Handled) -> Instance {
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "rolling_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TCHU_ROLLING_CHILD", topics)
+        .env("TCHU_ROLLING_EXCHANGE", &names.exchange)
+        .env("TCHU_ROLLING_SERVICE", svc)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let handled = Arc::clone(handled);
+    let who = name.to_owned();
+    let reader = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        while let Ok(Some(l)) = lines.next_line().await {
+            // libtest may print its own text before ours on the same line.
+            let Some(l) = l.split("@@").nth(1) else {
+                continue;
+            };
+            if l == "ready" {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            } else if let Some(rest) = l.strip_prefix("handled ") {
+                let mut it = rest.split(' ');
+                if let (Some(t), Some(n)) = (it.next(), it.next().and_then(|n| n.parse().ok())) {
+                    handled
+                        .lock()
+                        .expect("lock")
+                        .push((who.clone(), t.to_owned(), n));
+                }
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, ready_rx)
+        .await
+        .unwrap_or_else(|_| panic!("{name} not ready within {WAIT:?}"))
+        .unwrap_or_else(|_| panic!("{name} ended before it was ready"));
+    println!("{name} ({topics}) ready");
+    Instance {
+        name: name.to_owned(),
+        child,
+        reader,
+    }
+}
+
+async fn stop(mut i: Instance) {
+    let pid = i.child.id().expect("pid").to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let status = tokio::time::timeout(WAIT, i.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not stop", i.name))
+        .expect("wait");
+    assert!(status.success(), "{} exited with {status}", i.name);
+    let _ = tokio::time::timeout(WAIT, i.reader).await;
+    println!("{} stopped", i.name);
+}
+
+/// Waits (bounded) until the service's bindings are exactly `want`.
+async fn bindings_become(exchange: &str, queue: &str, want: &[&str]) {
+    let want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = bindings(exchange, queue);
+        if got == want {
+            println!("bindings now {got:?}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bindings are {got:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn rolling_deploy_and_rollback_lose_nothing() {
+    if std::env::var("TCHU_ROLLING_CHILD").is_ok() {
+        return;
+    }
+    let names = Names::new("rolling");
+    let svc = names.service("myshop");
+    let client = names.client().await;
+    let handled: Handled = Arc::default();
+
+    // Timeline marks, ms since the epoch.
+    let mut marks: BTreeMap<&str, i64> = BTreeMap::new();
+    let v1a = start(&names, &svc, "v1#1", "a,b", &handled).await;
+    let v1b = start(&names, &svc, "v1#2", "a,b", &handled).await;
+    bindings_become(&names.exchange, &svc, &["roll.a", "roll.b"]).await;
+
+    // Steady load: a, b, c in turn, each publish confirmed.
+    let stop_load = Arc::new(tokio::sync::Notify::new());
+    let published: Arc<Mutex<Vec<(String, u64, i64)>>> = Arc::default();
+    let load = {
+        let (client, stop_load, published) = (
+            client.clone(),
+            Arc::clone(&stop_load),
+            Arc::clone(&published),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            loop {
+                tokio::select! {
+                    _ = stop_load.notified() => break,
+                    _ = tick.tick() => {}
+                }
+                let topic = TOPICS[usize::try_from(n % 3).unwrap_or(0)];
+                let before = now_ms();
+                tokio::time::timeout(WAIT, client.publish(topic, &serde_json::json!({ "n": n })))
+                    .await
+                    .expect("publish timed out")
+                    .expect("publish");
+                published
+                    .lock()
+                    .expect("lock")
+                    .push((topic.to_owned(), n, before));
+                n += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await; // some load before the rollout
+
+    // Roll out v2.
+    let v2a = start(&names, &svc, "v2#1", "a,c", &handled).await;
+    marks.insert("v2 ready", now_ms());
+    let v2b = start(&names, &svc, "v2#2", "a,c", &handled).await;
+    bindings_become(&names.exchange, &svc, &["roll.a", "roll.b", "roll.c"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(v1a).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    marks.insert("last v1 stopping", now_ms());
+    stop(v1b).await;
+    bindings_become(&names.exchange, &svc, &["roll.a", "roll.c"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Roll back to v1.
+    let v1c = start(&names, &svc, "v1#3", "a,b", &handled).await;
+    marks.insert("v1 back", now_ms());
+    let v1d = start(&names, &svc, "v1#4", "a,b", &handled).await;
+    bindings_become(&names.exchange, &svc, &["roll.a", "roll.b", "roll.c"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(v2a).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    marks.insert("last v2 stopping", now_ms());
+    stop(v2b).await;
+    bindings_become(&names.exchange, &svc, &["roll.a", "roll.b"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_load.notify_one();
+    tokio::time::timeout(WAIT, load)
+        .await
+        .expect("load")
+        .expect("load task");
+    let published = published.lock().expect("lock").clone();
+
+    // Wait until the service queue is empty and nothing more arrives.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client.queue_len(&svc).await.expect("len") > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue does not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dead = client.dead_letters(&svc).await.expect("dead letters");
+    stop(v1c).await;
+    stop(v1d).await;
+
+    let handled = handled.lock().expect("lock").clone();
+    let mut times: BTreeMap<(String, u64), u32> = BTreeMap::new();
+    for (_, t, n) in &handled {
+        *times.entry((t.clone(), *n)).or_insert(0) += 1;
+    }
+    let dead_keys: BTreeMap<(String, u64), (String, i64)> = dead
+        .iter()
+        .map(|d| {
+            let n = tchu::wire::decode(&d.message, tchu::wire::Limits::NONE)
+                .ok()
+                .and_then(|e| e.event.get("n").and_then(serde_json::Value::as_u64))
+                .unwrap_or(u64::MAX);
+            (
+                (d.original_routing_key.clone(), n),
+                (d.reason.clone(), d.last_failure_ms),
+            )
+        })
+        .collect();
+    let (v2_ready, last_v1, v1_back, last_v2) = (
+        marks["v2 ready"],
+        marks["last v1 stopping"],
+        marks["v1 back"],
+        marks["last v2 stopping"],
+    );
+    // When a version handling the topic runs: a always; b outside (last v1 stopping, v1 back);
+    // c between v2 ready and last v2 stopping.
+    let subscribed = |t: &str, at: i64| match t {
+        "roll.a" => true,
+        "roll.b" => at < last_v1 || at >= v1_back,
+        _ => at >= v2_ready && at < last_v2,
+    };
+    let mut report: BTreeMap<String, [u64; 5]> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (t, n, at) in &published {
+        let r = report.entry(t.clone()).or_default();
+        r[0] += 1;
+        let key = (t.clone(), *n);
+        match (times.get(&key), dead_keys.get(&key)) {
+            (Some(&k), _) => {
+                r[1] += 1;
+                r[2] += u64::from(k - 1);
+            }
+            (None, Some((reason, _))) if !reason.contains("no running version") => {
+                problems.push(format!("{t} {n} dead-lettered: {reason}"));
+            }
+            (None, Some(_)) => r[3] += 1,
+            (None, None) if subscribed(t, *at) => {
+                problems.push(format!("{t} {n} (published at {at}) lost"));
+            }
+            (None, None) => r[4] += 1,
+        }
+    }
+    // Dead-lettered only while no version handling it ran.
+    for ((t, n), (reason, when)) in &dead_keys {
+        let handler_ran = match t.as_str() {
+            "roll.b" => *when < last_v1 || *when >= v1_back,
+            "roll.c" => *when >= v2_ready && *when < last_v2,
+            _ => true,
+        };
+        if handler_ran {
+            problems.push(format!(
+                "{t} {n} dead-lettered at {when} while a handler ran: {reason}"
+            ));
+        }
+    }
+    println!("marks: {marks:?}");
+    println!(
+        "topic: published, handled, duplicates, dead-lettered (no running version), not routed (no running version)"
+    );
+    for (t, r) in &report {
+        println!("{t}: {r:?}");
+    }
+    if let Some(d) = dead.first() {
+        println!("a dead letter's reason: {}", d.reason);
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s): {:?}",
+        problems.len(),
+        &problems[..problems.len().min(20)]
+    );
+    assert!(
+        report
+            .get("roll.a")
+            .is_some_and(|r| r[0] > 100 && r[1] == r[0])
+    );
+    assert!(report.get("roll.c").is_some_and(|r| r[1] > 0));
+
+    let extra: Vec<String> = [".tchu.handoff", ".tchu.lock"]
+        .iter()
+        .map(|s| format!("{svc}{s}"))
+        .collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    names.cleanup(&client, &["myshop"], &extra).await;
+    client.close().await;
+}
