@@ -1129,6 +1129,12 @@ async fn open(
 }
 
 /// How many mandatory publishes one connection has in flight at most: each on its own channel.
+///
+/// Measured with 64 tasks publishing 2,000 persistent mandatory messages
+/// (`cargo test -p tchu-runtime --lib mandatory -- --nocapture --test-threads 1`, shared 2-core
+/// machine, wall clock): ~5,900/s (4 runs: 5,304–6,706) against ~7,800/s (6,393–10,308) for the
+/// old pipelined channel, which mismatched 204–566 of the 2,000 confirms when half were
+/// unroutable. 16 channels gave ~3,800/s; 64 no clear gain over 32.
 const MANDATORY_CHANNELS: usize = 32;
 
 /// Confirm channels for mandatory publishes, each with at most one publish in flight.
