@@ -25,7 +25,7 @@ use crate::wire::{self, Reply};
 pub struct MessageId(String);
 
 impl MessageId {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         MessageId(uuid::Uuid::new_v4().to_string())
     }
 

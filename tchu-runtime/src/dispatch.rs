@@ -575,6 +575,11 @@ async fn run_handler(
     // (before its first await) is caught like one inside it, instead of unwinding through the
     // dispatcher and leaving the delivery unsettled.
     let d = Arc::clone(delivery);
+    #[cfg(feature = "postgres")] // the inbox: in a transaction, duplicates skipped (inbox.rs)
+    let run = AssertUnwindSafe(trace::scope(own, crate::inbox::run(e, d)))
+        .catch_unwind()
+        .instrument(span.clone());
+    #[cfg(not(feature = "postgres"))]
     let run = AssertUnwindSafe(trace::scope(own, async move { (e.handler)(d).await }))
         .catch_unwind()
         .instrument(span.clone());

@@ -16,7 +16,11 @@ mod event;
 #[cfg(feature = "prometheus")]
 mod exporter;
 mod handler;
+#[cfg(feature = "postgres")]
+pub mod inbox;
 pub mod message;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 mod registry;
 mod retry;
 mod rpc;
