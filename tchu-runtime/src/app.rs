@@ -295,8 +295,7 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Tasks stopped with the consumer: the outbox relay and the inbox sweep (outbox/mod.rs).
         #[cfg(feature = "postgres")]
-        let background =
-            crate::outbox::start_in_app(&self.state, &client, stop_rx.clone()).await?;
+        let background = crate::outbox::start_in_app(&self.state, &client, stop_rx.clone()).await?;
         #[cfg(not(feature = "postgres"))]
         let background = Vec::new();
         let stats = Arc::new(Stats::default());

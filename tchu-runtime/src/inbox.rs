@@ -123,7 +123,10 @@ tokio::task_local! {
 /// Outbox writes work on it too (`event.publish_in(&mut tx)`): an event published by a
 /// handler then goes out exactly when its handling commits.
 pub struct Tx {
-    guard: OwnedMappedMutexGuard<Option<Transaction<'static, Postgres>>, Transaction<'static, Postgres>>,
+    guard: OwnedMappedMutexGuard<
+        Option<Transaction<'static, Postgres>>,
+        Transaction<'static, Postgres>,
+    >,
 }
 
 impl std::fmt::Debug for Tx {
@@ -169,9 +172,11 @@ pub(crate) async fn run(entry: &HandlerEntry, delivery: Arc<Delivery>) -> Outcom
     let Some(inbox) = delivery.state.get::<Inbox>() else {
         return (entry.handler)(delivery).await;
     };
-    let mut tx = inbox.pool.begin().await.map_err(|e| {
-        Failure::Transient(format!("inbox: cannot begin a transaction: {e}"))
-    })?;
+    let mut tx = inbox
+        .pool
+        .begin()
+        .await
+        .map_err(|e| Failure::Transient(format!("inbox: cannot begin a transaction: {e}")))?;
     let record = match (&delivery.meta.message_id, delivery.meta.is_rpc) {
         (Some(id), false) => Some(id.clone()),
         (None, false) => {

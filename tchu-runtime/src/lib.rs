@@ -69,6 +69,9 @@ pub use schemars;
 pub use serde;
 #[doc(hidden)]
 pub use serde_json;
+/// The `sqlx` crate of the outbox and inbox (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use sqlx;
 #[doc(hidden)]
 pub use validator;
 

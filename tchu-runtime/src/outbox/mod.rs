@@ -49,7 +49,9 @@ pub enum OutboxError {
         source: sqlx::Error,
     },
     /// The database's tchu schema is newer than this build knows.
-    #[error("the tchu schema in the database is at version {found}; this build knows up to {known}: upgrade tchu")]
+    #[error(
+        "the tchu schema in the database is at version {found}; this build knows up to {known}: upgrade tchu"
+    )]
     SchemaTooNew {
         /// The version found.
         found: i32,
@@ -102,7 +104,8 @@ pub(crate) async fn start_in_app(
     }
     if let Some(outbox) = state.get::<AppOutbox>() {
         migrate(&outbox.0).await?;
-        let relay = Relay::new(outbox.0.clone(), client.clone()).with_config(RelayConfig::from_env()?)?;
+        let relay =
+            Relay::new(outbox.0.clone(), client.clone()).with_config(RelayConfig::from_env()?)?;
         let stop = until_stop(stop);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = relay.run(stop).await {

@@ -367,7 +367,11 @@ impl Relay {
                     self.config.poll_interval
                 }
                 Ok(p) => {
-                    tracing::warn!(failed = p.failed, ?backoff, "outbox rows not published yet; retrying");
+                    tracing::warn!(
+                        failed = p.failed,
+                        ?backoff,
+                        "outbox rows not published yet; retrying"
+                    );
                     next_backoff(&mut backoff)
                 }
                 Err(e) => {
@@ -432,12 +436,11 @@ impl Relay {
         .execute(&mut *tx)
         .await
         .map_err(db("register the relay"))?;
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM tchu_outbox_relay WHERE seen_until > now()",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("count the relays"))?;
+        let live: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tchu_outbox_relay WHERE seen_until > now()")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("count the relays"))?;
         let live = usize::try_from(live.max(1)).unwrap_or(1);
         let total = usize::from(SLOTS.unsigned_abs());
         let share = total.div_ceil(live);
@@ -487,7 +490,12 @@ impl Relay {
         leases.valid_until = started + self.config.lease;
         leases.renew_at = started + self.config.lease / 3;
         if changed {
-            tracing::debug!(relay = me, slots = leases.slots.len(), live, "outbox leases");
+            tracing::debug!(
+                relay = me,
+                slots = leases.slots.len(),
+                live,
+                "outbox leases"
+            );
             self.step(RelayStep::Leased {
                 slots: leases.slots.len(),
             });
@@ -545,12 +553,11 @@ impl Relay {
             }
         }
         let confirmed = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<GroupResult> =
-            futures_util::stream::iter(groups)
-                .map(|group| self.publish_group(group, deadline, &confirmed, n))
-                .buffer_unordered(self.config.concurrency)
-                .collect()
-                .await;
+        let results: Vec<GroupResult> = futures_util::stream::iter(groups)
+            .map(|group| self.publish_group(group, deadline, &confirmed, n))
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
         let mut done = Vec::with_capacity(n);
         let mut failed = Vec::new();
         for (d, f) in results {
@@ -626,7 +633,9 @@ impl Relay {
         if let Ok(serde_json::Value::Object(h)) = serde_json::from_str(&row.headers) {
             for (k, v) in h {
                 if let serde_json::Value::String(s) = v {
-                    msg.properties.headers.insert(k, HeaderValue::from(s.as_str()));
+                    msg.properties
+                        .headers
+                        .insert(k, HeaderValue::from(s.as_str()));
                 }
             }
         }

@@ -146,10 +146,16 @@ pub async fn migrate_conn(conn: &mut PgConnection) -> Result<Vec<i32>, OutboxErr
             .execute(&mut *tx)
             .await
             .map_err(OutboxError::db("record a migration"))?;
-        tracing::info!(version = m.version, description = m.description, "tchu schema migrated");
+        tracing::info!(
+            version = m.version,
+            description = m.description,
+            "tchu schema migrated"
+        );
         applied.push(m.version);
     }
-    tx.commit().await.map_err(OutboxError::db("commit the migration"))?;
+    tx.commit()
+        .await
+        .map_err(OutboxError::db("commit the migration"))?;
     Ok(applied)
 }
 
@@ -190,7 +196,11 @@ mod tests {
         }
         let distinct: std::collections::HashSet<i16> =
             (0..1000).map(|i| slot_of(&format!("k{i}"))).collect();
-        assert_eq!(distinct.len(), SLOTS as usize, "keys spread over every slot");
+        assert_eq!(
+            distinct.len(),
+            SLOTS as usize,
+            "keys spread over every slot"
+        );
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub async fn status(pool: &PgPool) -> Result<OutboxStatus, OutboxError> {
     .map_err(db("read the oldest row"))?;
     let (first_id, oldest_age) = match &oldest {
         Some(r) => (
-            r.try_get::<i64, _>("id").map_err(db("read the oldest row"))?,
+            r.try_get::<i64, _>("id")
+                .map_err(db("read the oldest row"))?,
             Some(Duration::from_secs_f64(
                 r.try_get::<f64, _>("age")
                     .map_err(db("read the oldest row"))?
