@@ -204,9 +204,10 @@ pub(crate) async fn run(entry: &HandlerEntry, delivery: Arc<Delivery>) -> Outcom
         }
     }
     let slot: Slot = Arc::new(Mutex::new(Some(tx)));
-    let outcome = CURRENT
-        .scope(Arc::clone(&slot), (entry.handler)(delivery))
-        .await;
+    // The handler's future is made and polled in the scope (a closure handler may extract
+    // its `Tx` before its first await).
+    let fut = CURRENT.sync_scope(Arc::clone(&slot), || (entry.handler)(delivery));
+    let outcome = CURRENT.scope(Arc::clone(&slot), fut).await;
     let taken = slot.try_lock().ok().and_then(|mut g| g.take());
     match (outcome, taken) {
         (Ok(v), Some(tx)) => match tx.commit().await {
