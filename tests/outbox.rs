@@ -117,8 +117,7 @@ async fn tail_steps(client: &Client) -> mpsc::UnboundedReceiver<(String, Step)> 
         let mut stream = std::pin::pin!(stream);
         while let Some(Ok(t)) = stream.next().await {
             let Ok(d) = t.decoded else { continue };
-            if let (Some(id), Ok(step)) = (d.message_id, serde_json::from_value::<Step>(d.event))
-            {
+            if let (Some(id), Ok(step)) = (d.message_id, serde_json::from_value::<Step>(d.event)) {
                 let _ = tx.send((id, step));
             }
         }
@@ -164,7 +163,10 @@ fn check_order(received: &[(String, Step)]) -> (usize, usize) {
     let mut last: HashMap<&str, i64> = HashMap::new();
     let mut dups = 0;
     for (id, s) in received {
-        assert!(!s.rolled_back, "an event of a rolled-back transaction arrived: {s:?}");
+        assert!(
+            !s.rolled_back,
+            "an event of a rolled-back transaction arrived: {s:?}"
+        );
         if !seen.insert(id.clone()) {
             dups += 1;
             continue;
@@ -277,14 +279,16 @@ async fn rollback_publishes_nothing_commit_publishes_in_order_per_key() {
     let (distinct, dups) = check_order(&received);
     assert_eq!(distinct, expected);
     assert_eq!(dups, 0, "no crash, so no duplicate");
-    let per_key: BTreeMap<&str, i64> = received
-        .iter()
-        .fold(BTreeMap::new(), |mut m, (_, s)| {
-            let e = m.entry(s.key.as_str()).or_insert(0);
-            *e = (*e).max(s.n);
-            m
-        });
-    assert_eq!(per_key.values().sum::<i64>() as usize, expected, "{per_key:?}");
+    let per_key: BTreeMap<&str, i64> = received.iter().fold(BTreeMap::new(), |mut m, (_, s)| {
+        let e = m.entry(s.key.as_str()).or_insert(0);
+        *e = (*e).max(s.n);
+        m
+    });
+    assert_eq!(
+        per_key.values().sum::<i64>() as usize,
+        expected,
+        "{per_key:?}"
+    );
 
     relay.stop().await;
     names.cleanup(&client, &[], &[]).await;
@@ -314,26 +318,31 @@ async fn inbox_runs_a_handler_once_per_message_and_commits_with_it() {
             delay: Duration::from_millis(50),
             ..tchu::RetryPolicy::DEFAULT
         })
-        .subscribe("outbox_test.#", "inbox_test.write", move |d: Arc<Delivery>| {
-            let (r, f) = (Arc::clone(&r), Arc::clone(&f));
-            async move {
-                let mut tx = Tx::from_delivery(&d).map_err(|e| e.reason)?;
-                let s: Step = serde_json::from_value(d.event.clone()).map_err(|e| e.to_string())?;
-                r.fetch_add(1, Ordering::Relaxed);
-                sqlx::query("INSERT INTO handled (key, n, message_id) VALUES ($1, $2, $3)")
-                    .bind(&s.key)
-                    .bind(s.n)
-                    .bind(d.meta.message_id.clone().unwrap_or_default())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                // The first run fails after writing: its row must be rolled back.
-                if f.swap(false, Ordering::Relaxed) {
-                    return Err("first attempt fails".to_owned());
+        .subscribe(
+            "outbox_test.#",
+            "inbox_test.write",
+            move |d: Arc<Delivery>| {
+                let (r, f) = (Arc::clone(&r), Arc::clone(&f));
+                async move {
+                    let mut tx = Tx::from_delivery(&d).map_err(|e| e.reason)?;
+                    let s: Step =
+                        serde_json::from_value(d.event.clone()).map_err(|e| e.to_string())?;
+                    r.fetch_add(1, Ordering::Relaxed);
+                    sqlx::query("INSERT INTO handled (key, n, message_id) VALUES ($1, $2, $3)")
+                        .bind(&s.key)
+                        .bind(s.n)
+                        .bind(d.meta.message_id.clone().unwrap_or_default())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    // The first run fails after writing: its row must be rolled back.
+                    if f.swap(false, Ordering::Relaxed) {
+                        return Err("first attempt fails".to_owned());
+                    }
+                    Ok::<(), String>(())
                 }
-                Ok::<(), String>(())
-            }
-        });
+            },
+        );
     let running = app.start().await.expect("start");
     // The same message id three times, as a relay that crashed between the confirm and the
     // mark publishes it again.
@@ -369,8 +378,15 @@ async fn inbox_runs_a_handler_once_per_message_and_commits_with_it() {
         .fetch_one(&db.pool)
         .await
         .expect("count");
-    assert_eq!(handled, 1, "the failed run's write rolled back; duplicates skipped");
-    assert_eq!(runs.load(Ordering::Relaxed), 2, "one failed run, one good run, then skips");
+    assert_eq!(
+        handled, 1,
+        "the failed run's write rolled back; duplicates skipped"
+    );
+    assert_eq!(
+        runs.load(Ordering::Relaxed),
+        2,
+        "one failed run, one good run, then skips"
+    );
 
     // The dedup window: records older than it are swept.
     let inbox = Inbox::new(db.pool.clone()).dedup_window(Duration::from_secs(3600));
@@ -389,3 +405,462 @@ async fn inbox_runs_a_handler_once_per_message_and_commits_with_it() {
     db.drop_db().await;
 }
 
+// --- 2. kill -9 at every step ------------------------------------------------------------------
+
+/// Where the child stops (and is killed): after a pass fetched committed rows and before it
+/// published any (`fetched`), after every publish of a pass was confirmed and before the rows
+/// are marked (`confirmed`), or half way through a pass's confirms (`midbatch`). A producer
+/// transaction open at that moment dies with the process (rolled back).
+const KILL_KINDS: [&str; 3] = ["fetched", "confirmed", "midbatch"];
+const KILL_EVENTS: i64 = 10_000;
+const KILLS: usize = 21;
+
+/// The child process of `kill_9_at_every_step` (this test binary run again): produces events
+/// in transactions and relays them, and freezes at its kill point for the parent to kill it.
+#[test]
+#[ignore = "run by kill_9_at_every_step as a child process"]
+fn outbox_child() {
+    let Ok(url) = std::env::var("CHILD_DB_URL") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(child_main(url));
+}
+
+async fn child_main(url: String) {
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let kind = env("CHILD_KILL");
+    let after: usize = env("CHILD_KILL_AFTER").parse().unwrap_or(1);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&url)
+        .await
+        .expect("child: connect db");
+    let mut config =
+        tchu::Config::new(tchu::BrokerUrl::parse(&common::broker_url()).expect("broker url"));
+    config.exchange = env("CHILD_EXCHANGE");
+    config.publish_timeout = WAIT;
+    let client = Client::connect(config)
+        .await
+        .expect("child: connect broker");
+    let mut rc = RelayConfig::default();
+    rc.relay_id = env("CHILD_RELAY_ID");
+    rc.lease = Duration::from_secs(2);
+    rc.batch = 50;
+    let hits = Arc::new(AtomicU64::new(0));
+    let relay = Relay::new(pool.clone(), client.clone())
+        .with_config(rc)
+        .expect("relay config")
+        .observe(move |step| {
+            let hit = match (kind.as_str(), step) {
+                ("fetched", RelayStep::Fetched { .. }) => true,
+                ("confirmed", RelayStep::Confirmed { confirmed, of }) => confirmed == of,
+                ("midbatch", RelayStep::Confirmed { confirmed, of }) => {
+                    of >= 2 && confirmed == of / 2
+                }
+                _ => false,
+            };
+            if hit && hits.fetch_add(1, Ordering::SeqCst) + 1 == after as u64 {
+                println!("KILLPOINT {kind} {step:?}");
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                // Frozen here until the parent's SIGKILL.
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        })
+        .spawn();
+    let mut rng_state = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move |n: u64| {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state % n
+    };
+    loop {
+        let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM produced")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        if committed >= KILL_EVENTS {
+            break;
+        }
+        let events = (1 + rand(4) as i64).min(KILL_EVENTS - committed);
+        let rollback = rand(10) == 0;
+        let key = format!("k{}", rand(16));
+        let mut tx = pool.begin().await.expect("begin");
+        for _ in 0..events {
+            let n = next_n(&mut tx, &key).await;
+            Step {
+                key: key.clone(),
+                n,
+                rolled_back: rollback,
+            }
+            .publish_in_keyed(&mut tx, &key)
+            .await
+            .expect("publish_in");
+            sqlx::query("INSERT INTO produced (key, n) VALUES ($1, $2)")
+                .bind(&key)
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .expect("produced");
+        }
+        if rollback {
+            tx.rollback().await.expect("rollback");
+        } else {
+            tx.commit().await.expect("commit");
+        }
+    }
+    println!("PRODUCED");
+    wait_empty(&pool).await;
+    println!("DRAINED");
+    relay.stop().await;
+    client.close().await;
+}
+
+fn spawn_child(
+    db: &TestDb,
+    names: &Names,
+    kind: &str,
+    after: usize,
+    relay_id: &str,
+) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args([
+            "--exact",
+            "outbox_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("CHILD_DB_URL", &db.url)
+        .env("CHILD_EXCHANGE", &names.exchange)
+        .env("CHILD_KILL", kind)
+        .env("CHILD_KILL_AFTER", after.to_string())
+        .env("CHILD_RELAY_ID", relay_id)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the child")
+}
+
+/// Reads the child's stdout until a line has `marker` (true) or it ends (false),
+/// within `within`.
+fn wait_line(child: &mut std::process::Child, marker: &str, within: Duration) -> bool {
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_owned();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            // The harness prints `test outbox_child ... ` before the child's first line.
+            if line.contains(&marker) {
+                let _ = tx.send(true);
+                return;
+            }
+        }
+        let _ = tx.send(false);
+    });
+    rx.recv_timeout(within)
+        .expect("the child neither reached its point nor ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_every_step() {
+    if !heavy_tests_on() {
+        eprintln!("set TCHU_OUTBOX_TEST=1 to run (about a minute)");
+        return;
+    }
+    let names = Names::new("outbox_kill");
+    let db = TestDb::new("kill").await;
+    sqlx::raw_sql(TEST_TABLES)
+        .execute(&db.pool)
+        .await
+        .expect("tables");
+    let client = names.client().await;
+    let mut rx = tail_steps(&client).await;
+    // The consumer with an inbox: one row per event in its table, whatever the duplicates.
+    let app = App::new(names.config())
+        .service(names.service("handler"))
+        .client(client.clone())
+        .concurrency(16)
+        .inbox(Inbox::new(db.pool.clone()))
+        .subscribe(
+            "outbox_test.#",
+            "kill_test.write",
+            |d: Arc<Delivery>| async move {
+                let mut tx = Tx::from_delivery(&d).map_err(|e| e.reason)?;
+                let s: Step = serde_json::from_value(d.event.clone()).map_err(|e| e.to_string())?;
+                sqlx::query("INSERT INTO handled (key, n, message_id) VALUES ($1, $2, $3)")
+                    .bind(&s.key)
+                    .bind(s.n)
+                    .bind(d.meta.message_id.clone().unwrap_or_default())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<(), String>(())
+            },
+        );
+    let running = app.start().await.expect("start the consumer");
+
+    let started = Instant::now();
+    let mut kills: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut fresh_ids = 0;
+    for i in 0..KILLS {
+        let kind = KILL_KINDS[i % 3];
+        // Mostly one relay id (a restart takes its slots back at once); every fourth life a
+        // new id, which waits for the dead relay's 2 s lease to expire.
+        let relay_id = if i % 4 == 3 {
+            fresh_ids += 1;
+            format!("relay-{i}")
+        } else {
+            "relay-stable".to_owned()
+        };
+        let after = 1 + (i * 7) % 6;
+        let mut child = spawn_child(&db, &names, kind, after, &relay_id);
+        let hit = wait_line(&mut child, "KILLPOINT", Duration::from_secs(120));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        assert!(hit, "life {i}: the child ended before its {kind} point");
+        *kills.entry(kind).or_default() += 1;
+    }
+    let produced_before: i64 = sqlx::query_scalar("SELECT count(*) FROM produced")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    // The last life runs to the end.
+    let mut child = spawn_child(&db, &names, "none", 0, "relay-stable");
+    assert!(
+        wait_line(&mut child, "DRAINED", Duration::from_secs(180)),
+        "last life did not drain"
+    );
+    let _ = child.wait();
+
+    let produced: HashSet<(String, i64)> = sqlx::query_as("SELECT key, n FROM produced")
+        .fetch_all(&db.pool)
+        .await
+        .expect("produced")
+        .into_iter()
+        .collect();
+    assert_eq!(produced.len() as i64, KILL_EVENTS);
+    let mut received = Vec::new();
+    let mut distinct = HashSet::new();
+    while distinct.len() < produced.len() {
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some((id, s))) => {
+                distinct.insert(id.clone());
+                received.push((id, s));
+            }
+            _ => panic!("{} of {} events arrived", distinct.len(), produced.len()),
+        }
+    }
+    let (n_distinct, dups) = check_order(&received);
+    let got: HashSet<(String, i64)> = received.iter().map(|(_, s)| (s.key.clone(), s.n)).collect();
+    assert_eq!(
+        got, produced,
+        "every committed event arrived, and nothing else"
+    );
+    // The inbox: exactly one row per event in the handler's table.
+    let deadline = Instant::now() + WAIT;
+    let (rows, keys): (i64, i64) = loop {
+        let r: (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(DISTINCT (key, n)) FROM handled")
+                .fetch_one(&db.pool)
+                .await
+                .expect("handled");
+        if r.0 >= KILL_EVENTS || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows_after: i64 = sqlx::query_scalar("SELECT count(*) FROM handled")
+        .fetch_one(&db.pool)
+        .await
+        .expect("handled");
+    assert_eq!(
+        (rows, keys, rows_after),
+        (KILL_EVENTS, KILL_EVENTS, KILL_EVENTS)
+    );
+    let stats = running.shutdown().await;
+    println!(
+        "kill -9: {} kills {kills:?} ({fresh_ids} with a new relay id), {produced_before} events \
+         committed before the last life, {n_distinct} distinct delivered, {dups} duplicates \
+         delivered, consumer received {} (inbox skipped the duplicates), handler table {rows_after} \
+         rows, {:.1} s",
+        kills.values().sum::<usize>(),
+        stats.received,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(kills.values().sum::<usize>() >= 20);
+    names.cleanup(&client, &["handler"], &[]).await;
+    client.close().await;
+    db.drop_db().await;
+}
+
+// --- 3. the broker unreachable for 30 s ---------------------------------------------------------
+
+/// A TCP proxy to RabbitMQ that can be cut: `cut` closes every connection through it and
+/// refuses new ones until `restore`.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: &'static str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (c, l) = (Arc::clone(&cut), Arc::clone(&conns));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    drop(down); // refused: closed at once
+                    continue;
+                }
+                let t = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                l.lock().expect("lock").push(t.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort(); // drops both sockets
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_cut_for_30s_while_5000_transactions_commit() {
+    if !heavy_tests_on() {
+        eprintln!("set TCHU_OUTBOX_TEST=1 to run (about 45 s)");
+        return;
+    }
+    let names = Names::new("outbox_cut");
+    let db = TestDb::new("cut").await;
+    let client = names.client().await;
+    let mut rx = tail_steps(&client).await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut config = names.config();
+    config.broker =
+        tchu::BrokerUrl::parse(&format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port))
+            .expect("url");
+    config.publish_timeout = Duration::from_secs(5);
+    let relay_client = Client::connect(config)
+        .await
+        .expect("connect through the proxy");
+    let relay = Relay::new(db.pool.clone(), relay_client.clone()).spawn();
+
+    let write = |pool: PgPool, from: i64, to: i64| async move {
+        let mut slowest = Duration::ZERO;
+        for n in from..to {
+            let t = Instant::now();
+            let mut tx = pool.begin().await.expect("begin");
+            Step {
+                key: "cut".into(),
+                n,
+                rolled_back: false,
+            }
+            .publish_in(&mut tx)
+            .await
+            .expect("publish_in");
+            tx.commit().await.expect("commit");
+            slowest = slowest.max(t.elapsed());
+        }
+        slowest
+    };
+    // Through the proxy first: 10 events arrive.
+    write(db.pool.clone(), 0, 10).await;
+    for _ in 0..10 {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("warm-up event")
+            .expect("open");
+    }
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let writers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(write(db.pool.clone(), 10 + w * 1250, 10 + (w + 1) * 1250)))
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for w in writers {
+        slowest = slowest.max(w.await.expect("writer"));
+    }
+    let committed_in = cut_at.elapsed();
+    assert!(
+        committed_in < Duration::from_secs(30),
+        "5,000 commits took {committed_in:?}"
+    );
+    // Nothing gets through while the network is cut.
+    let during = tokio::time::timeout(
+        Duration::from_secs(30).saturating_sub(cut_at.elapsed()),
+        rx.recv(),
+    )
+    .await;
+    assert!(
+        during.is_err(),
+        "an event arrived while the broker was unreachable"
+    );
+    let pending = tchu::outbox::status(&db.pool)
+        .await
+        .expect("status")
+        .pending;
+    proxy.restore();
+    let restored_at = Instant::now();
+    let mut got = HashSet::new();
+    while got.len() < 5000 {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some((_, s))) => {
+                got.insert(s.n);
+            }
+            _ => panic!("{} of 5,000 arrived after the broker came back", got.len()),
+        }
+    }
+    let drained_in = restored_at.elapsed();
+    println!(
+        "broker cut 30 s: 5,000 transactions committed in {:.2} s during the cut (slowest \
+         {:.1} ms), {pending} pending at the end of the cut, all 5,000 delivered {:.2} s after \
+         the network came back",
+        committed_in.as_secs_f64(),
+        slowest.as_secs_f64() * 1e3,
+        drained_in.as_secs_f64()
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a transaction waited {slowest:?}"
+    );
+    assert_eq!(pending, 5000, "nothing was published during the cut");
+    relay.stop().await;
+    relay_client.close().await;
+    proxy.accept.abort();
+    names.cleanup(&client, &[], &[]).await;
+    client.close().await;
+    db.drop_db().await;
+}
