@@ -112,7 +112,8 @@ async fn latency(rate: u64, secs: u64) -> Result<(), BoxError> {
         let mut stream = std::pin::pin!(stream);
         let mut lat = Vec::with_capacity(total as usize);
         while (lat.len() as u64) < total {
-            let Ok(Some(Ok(t))) = tokio::time::timeout(Duration::from_secs(30), stream.next()).await
+            let Ok(Some(Ok(t))) =
+                tokio::time::timeout(Duration::from_secs(30), stream.next()).await
             else {
                 break;
             };
@@ -254,22 +255,23 @@ async fn backlog(rows: u64) -> Result<(), BoxError> {
         }
     }
     let took = t.elapsed();
-    let tm = timings.lock().map_err(|_| "poisoned")?;
+    let (fetch_max, pass_max, failed, passes) = {
+        let tm = timings.lock().map_err(|_| "poisoned")?;
+        (tm.fetch_max, tm.pass_max, tm.failed, tm.passes)
+    };
     println!(
         "backlog: {published} rows drained in {:.1} s ({:.0} rows/s), {} passes; slowest fetch \
          {:.1} ms, slowest pass (publish + mark) {:.1} ms, slowest status {:.1} ms; slow \
          queries (over 1 s, statement_timeout): {}; peak RSS {:.1} MiB",
         took.as_secs_f64(),
         published as f64 / took.as_secs_f64(),
-        tm.passes,
-        tm.fetch_max.as_secs_f64() * 1e3,
-        tm.pass_max.as_secs_f64() * 1e3,
+        passes,
+        fetch_max.as_secs_f64() * 1e3,
+        pass_max.as_secs_f64() * 1e3,
         slowest_status.as_secs_f64() * 1e3,
-        tm.failed,
+        failed,
         peak_rss_mib()
     );
-    let failed = tm.failed;
-    drop(tm);
     let _ = client.delete_exchange(&exchange).await;
     client.close().await;
     pool.close().await;

@@ -27,8 +27,7 @@ async fn ship(order: OrderPlaced, mut tx: Tx) -> Result<(), sqlx::Error> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let pool = PgPool::connect(&database_url("FULFILLMENT_DATABASE_URL")).await?;

@@ -45,7 +45,9 @@ async fn place_order(
     // Validated first: an invalid order is refused with 422 and nothing is written.
     let message_id = match event.publish_in_keyed(&mut tx, &order_id.to_string()).await {
         Ok(id) => id,
-        Err(e) if !e.is_database() => return Err((StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        Err(e) if !e.is_database() => {
+            return Err((StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
         Err(e) => return Err(internal(&e)),
     };
     tx.commit().await.map_err(|e| internal(&e))?;
@@ -59,8 +61,7 @@ async fn place_order(
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let pool = PgPool::connect(&database_url("ORDERS_DATABASE_URL")).await?;
