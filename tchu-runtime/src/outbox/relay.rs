@@ -1,7 +1,7 @@
 //! The relay: publishes committed outbox rows with publisher confirms, then marks them.
 //!
 //! # How the work is shared
-//! The outbox is split into [`SLOTS`](super::schema::SLOTS) slots (a row's slot is a hash of
+//! The outbox is split into 64 slots ([`super::schema::SLOTS`]) (a row's slot is a hash of
 //! its ordering key). Each relay leases a fair share of the slots in `tchu_outbox_lease`
 //! (`FOR UPDATE SKIP LOCKED`, so relays never wait on each other) and publishes only the rows
 //! of its slots. A lease lasts [`RelayConfig::lease`] (default **15 s**) and is renewed every
