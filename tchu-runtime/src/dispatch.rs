@@ -901,12 +901,10 @@ impl Dispatcher {
         let handler = crate::inbox::run(e, d);
         #[cfg(not(feature = "postgres"))]
         let handler = async move { (e.handler)(d).await };
-        let run = AssertUnwindSafe(CURRENT_CLIENT.scope(
-            self.client.clone(),
-            trace::scope(own, handler),
-        ))
-        .catch_unwind()
-        .instrument(span.clone());
+        let run =
+            AssertUnwindSafe(CURRENT_CLIENT.scope(self.client.clone(), trace::scope(own, handler)))
+                .catch_unwind()
+                .instrument(span.clone());
         let outcome = match tokio::time::timeout(limit, run).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(p)) => Err(Failure::Panicked(panic_text(p.as_ref()))),
