@@ -19,10 +19,8 @@ else
 fi
 psql -h 127.0.0.1 -U postgres -tAc 'SELECT version()'
 
-echo "--- clippy (feature postgres)"
-cargo clippy -p tchu -p tchu-runtime --all-targets --features postgres -- -D warnings
-echo "--- unit tests (feature postgres)"
-cargo test -p tchu-runtime --features postgres --lib outbox
+# Lint and unit tests of the `postgres` code run in the workspace steps: tchu-cli enables the
+# feature, so `--workspace` builds tchu with it.
 echo "--- outbox tests"
 TCHU_OUTBOX_TEST=1 cargo test -p tchu --features postgres --test outbox -- --nocapture
 echo "--- backlog benchmark code on 20,000 rows"
