@@ -9,6 +9,7 @@
 //! tchu dlq list notifications
 //! ```
 
+mod outbox;
 mod print;
 
 use std::error::Error;
@@ -87,6 +88,14 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// The transactional outbox on PostgreSQL: migrate, status, relay, replay.
+    Outbox {
+        /// PostgreSQL URL [default: $TCHU_DATABASE_URL, then $DATABASE_URL]
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
     },
 }
 
@@ -192,6 +201,14 @@ fn parse_json(json: &str) -> Result<serde_json::Value, BoxError> {
 }
 
 async fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
+    // Outbox commands need the database (and the broker only to relay): outbox.rs.
+    if let Command::Outbox {
+        database_url,
+        command,
+    } = &cli.command
+    {
+        return outbox::run(cli, database_url.as_deref(), command).await;
+    }
     let client = connect(cli).await?;
     let code = command(cli, &client).await;
     // Closed on every path: a connection still open when the runtime shuts down makes lapin's
@@ -227,6 +244,7 @@ async fn command(cli: &Cli, client: &Client) -> Result<ExitCode, BoxError> {
             json,
         } => tail(client, pattern, *count, *json).await?,
         Command::Dlq { command } => dlq(client, command).await?,
+        Command::Outbox { .. } => ExitCode::SUCCESS, // handled in `run`
     };
     Ok(code)
 }

@@ -27,7 +27,7 @@ use crate::wire::{self, Reply};
 pub struct MessageId(String);
 
 impl MessageId {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         MessageId(wire::new_message_id())
     }
 

@@ -18,8 +18,12 @@ mod event;
 mod exporter;
 mod handler;
 mod health;
+#[cfg(feature = "postgres")]
+pub mod inbox;
 pub mod message;
 mod needs;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 mod probe;
 mod queue_type;
 mod registry;
@@ -64,6 +68,9 @@ pub use url::{BrokerUrl, redact};
 /// The `schemars` crate, for `#[derive(tchu::JsonSchema)]` on types nested in events (add
 /// `#[schemars(crate = "tchu::schemars")]`).
 pub use schemars;
+/// The `sqlx` crate of the outbox and inbox (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use sqlx;
 /// The `validator` crate, for `#[derive(tchu::validator::Validate)]` on nested types.
 pub use validator;
 

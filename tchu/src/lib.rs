@@ -29,6 +29,30 @@ pub use tchu_runtime::testing;
 pub use tchu_runtime::trace;
 pub use tchu_runtime::wire::WireFormat;
 
+/// The transactional outbox on PostgreSQL (feature `postgres`; see "Outbox and inbox").
+#[cfg(feature = "postgres")]
+pub mod outbox {
+    pub use tchu_runtime::outbox::{
+        DEPTH, OLDEST_AGE_SECONDS, OutboxError, OutboxMessage, OutboxStatus, PUBLISHED_TOTAL,
+        PublishIn, RELAY_LAG_SECONDS, Relay, RelayConfig, RelayHandle, RelayStep, migrate,
+        migrate_conn, publish_in, replay, schema, status,
+    };
+}
+
+/// The idempotent inbox on PostgreSQL (feature `postgres`; see "Outbox and inbox").
+#[cfg(feature = "postgres")]
+pub mod inbox {
+    pub use tchu_runtime::inbox::{DEFAULT_DEDUP_WINDOW, DUPLICATES_TOTAL, Inbox, Tx};
+}
+
+#[cfg(feature = "postgres")]
+pub use tchu_runtime::inbox::{Inbox, Tx};
+
+/// The `sqlx` crate tchu's outbox and inbox use (feature `postgres`): make pools and
+/// transactions with it so the versions match.
+#[cfg(feature = "postgres")]
+pub use tchu_runtime::sqlx;
+
 /// Wire formats: decoding any received message (as `tchu tail` shows them).
 pub mod wire {
     pub use tchu_runtime::wire::{DecodeError, Decoded, Kind, Limits, WireFormat, decode};
