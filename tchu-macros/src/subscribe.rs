@@ -303,6 +303,11 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         },
         Source::Pattern(_) => TokenStream::new(),
     };
+    // The catalog's link from a typed handler to its event type (contracts).
+    let with_event = match source {
+        Source::Event(path) => quote!(.with_event(::core::any::type_name::<#path>)),
+        Source::Pattern(_) => TokenStream::new(),
+    };
     let into_outcome = quote_spanned! {ret_span=>
         #p::IntoOutcome::into_outcome(__tchu_ret)
     };
@@ -354,7 +359,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
 
             #p::inventory::submit! {
-                #p::Subscription::new(#id, #name, #pattern, #wrapper) #retry
+                #p::Subscription::new(#id, #name, #pattern, #wrapper) #retry #with_event
             }
         };
     })

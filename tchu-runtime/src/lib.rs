@@ -32,6 +32,11 @@ pub use app::{App, Health, HealthCheck, Running, run};
 pub use broker::QueueType;
 pub use broker::memory::MemoryBroker;
 pub use catalog::{Catalog, EventEntry, SubscriptionEntry, catalog};
+// Contracts: catalog files, `--catalog`/`--asyncapi`, schema fingerprints.
+pub use catalog::{
+    CATALOG_FORMAT, Called, CatalogFile, Published, Served, ServiceInfo, Subscribed, asyncapi,
+    fingerprint, handle_catalog_flags, service_info,
+};
 pub use client::{
     Client, MessageId, call, call_event, default_client, publish, publish_event, set_default,
 };

@@ -32,6 +32,10 @@ pub struct Subscription {
     pub handler: HandlerFn,
     /// Per-handler retry settings, if any were given.
     pub retry: Option<RetryPolicy>,
+    /// For a typed handler (`#[tchu::subscribe(UserCreated)]`): the event type's name
+    /// (`std::any::type_name`), so the catalog knows which schema the handler was compiled
+    /// against. `None` for pattern handlers.
+    pub event_type: Option<fn() -> &'static str>,
 }
 
 impl Subscription {
@@ -48,7 +52,14 @@ impl Subscription {
             pattern,
             handler,
             retry: None,
+            event_type: None,
         }
+    }
+
+    /// Records the event type of a typed handler (used by the macro).
+    pub const fn with_event(mut self, type_name: fn() -> &'static str) -> Self {
+        self.event_type = Some(type_name);
+        self
     }
 
     /// Sets a retry policy (used by the macro).

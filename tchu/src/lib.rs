@@ -11,6 +11,11 @@ pub use tchu_runtime::{
     TopicError, call, default_client, publish, run, set_default,
 };
 pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
+// Contracts: catalog files (`tchu lint`/`diff`/`map`), `--catalog`/`--asyncapi`, fingerprints.
+pub use tchu_runtime::{
+    CATALOG_FORMAT, Called, CatalogFile, Published, Served, ServiceInfo, Subscribed, asyncapi,
+    catalog_flags, fingerprint, handle_catalog_flags,
+};
 
 pub use tchu_runtime::headers;
 pub use tchu_runtime::telemetry;
