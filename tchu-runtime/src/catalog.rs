@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use file::{CATALOG_FORMAT, Called, CatalogFile, Published, ServiceInfo, Served, Subscribed};
+pub use file::{CATALOG_FORMAT, Called, CatalogFile, Published, Served, ServiceInfo, Subscribed};
 pub use flags::{handle_catalog_flags, service_info};
 
 use crate::registry::{EventInfo, Registry};
@@ -234,7 +234,10 @@ mod tests {
         assert_eq!(recv["messages"].as_array().map(Vec::len), Some(2));
         assert_eq!(recv["x-tchu-binding-pattern"], "user.*");
         let call = &doc["operations"]["call.Get"];
-        assert_eq!(call["reply"]["channel"]["$ref"], "#/channels/user.get.reply");
+        assert_eq!(
+            call["reply"]["channel"]["$ref"],
+            "#/channels/user.get.reply"
+        );
         assert_eq!(doc["channels"]["user.get.reply"]["address"], Value::Null);
         assert_eq!(
             doc["channels"]["user.created"]["bindings"]["amqp"]["is"],

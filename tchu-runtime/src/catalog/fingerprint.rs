@@ -137,9 +137,7 @@ fn linked() -> &'static HashMap<&'static str, String> {
 
 /// The fingerprint of event type `E`, when it is registered (`#[tchu::event]`).
 pub fn of<E: crate::Event>() -> Option<&'static str> {
-    linked()
-        .get(std::any::type_name::<E>())
-        .map(String::as_str)
+    linked().get(std::any::type_name::<E>()).map(String::as_str)
 }
 
 /// Adds `E`'s fingerprint to the headers of a message about to be published.
@@ -203,7 +201,10 @@ mod tests {
     #[test]
     fn nested_types_are_inlined_and_recursion_stops() {
         let mut defs = BTreeMap::new();
-        defs.insert("Line".to_owned(), json!({"type": "object", "properties": {"sku": {"type": "string"}}}));
+        defs.insert(
+            "Line".to_owned(),
+            json!({"type": "object", "properties": {"sku": {"type": "string"}}}),
+        );
         defs.insert("Tree".to_owned(), json!({"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/components/schemas/Tree"}}}}));
         let by_ref = json!({"type": "array", "items": {"$ref": "#/components/schemas/Line"}});
         let inline = json!({"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"}}}});

@@ -50,7 +50,10 @@ pub fn handle_catalog_flags(crate_name: &str, version: &str, publishes: Option<&
         Ok(text) => match write_out(out.as_deref(), &text) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("{flag}: cannot write {}: {e}", out.as_deref().unwrap_or("stdout"));
+                eprintln!(
+                    "{flag}: cannot write {}: {e}",
+                    out.as_deref().unwrap_or("stdout")
+                );
                 2
             }
         },
