@@ -236,6 +236,10 @@ pub struct Config {
     /// TLS settings for `amqps://` URLs (custom CA, client certificate). Needs the `tls`
     /// feature.
     pub tls: TlsConfig,
+    /// Dead-letter messages whose `tchu-schema` fingerprint differs from the typed handler's
+    /// event schema (`TCHU_SCHEMA_STRICT=true`); by default they are counted, logged and
+    /// handled. Messages without a fingerprint (Python tchu-tchu) are always handled.
+    pub schema_strict: bool,
 }
 
 impl Config {
@@ -257,6 +261,7 @@ impl Config {
             retry: RetryPolicy::DEFAULT,
             metrics_addr: None,
             tls: TlsConfig::default(),
+            schema_strict: false,
         }
     }
 
@@ -313,6 +318,9 @@ impl Config {
                 name: "TCHU_MAX_HEADERS",
                 reason: format!("`{n}`: {e}"),
             })?;
+        }
+        if let Ok(v) = std::env::var("TCHU_SCHEMA_STRICT") {
+            c.schema_strict = crate::catalog::fingerprint::parse_strict(&v)?;
         }
         if let Ok(a) = std::env::var("TCHU_METRICS_ADDR")
             && !a.trim().is_empty()

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
+use crate::handler::{Delivery, Rejection, RejectionKind};
 use crate::message::{HeaderValue, Headers};
 use crate::registry::EventInfo;
 
@@ -140,11 +141,58 @@ pub fn of<E: crate::Event>() -> Option<&'static str> {
     linked().get(std::any::type_name::<E>()).map(String::as_str)
 }
 
-/// Adds `E`'s fingerprint to the headers of a message about to be published.
-pub(crate) fn stamp<E: crate::Event>(headers: &mut Headers) {
-    if let Some(fp) = of::<E>() {
-        headers.insert(SCHEMA_HEADER.to_owned(), HeaderValue::from(fp));
+/// Counter of received messages whose fingerprint differs from the typed handler's, by
+/// `topic`, `expected` (the handler's) and `received` (the sender's).
+pub const SCHEMA_MISMATCH_TOTAL: &str = "tchu_schema_mismatch_total";
+
+/// Reads `TCHU_SCHEMA_STRICT`.
+pub(crate) fn parse_strict(v: &str) -> Result<bool, crate::ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(crate::ConfigError::Env {
+            name: "TCHU_SCHEMA_STRICT",
+            reason: format!("`{v}`: expected `true` or `false`"),
+        }),
     }
+}
+
+/// The check a typed handler of `E` makes before decoding (called by `extract_event`): a
+/// mismatch is counted ([`SCHEMA_MISMATCH_TOTAL`]) and logged at `warn`; in strict mode
+/// ([`Config::schema_strict`](crate::Config::schema_strict)) the message is refused, so it is
+/// dead-lettered with the reason.
+pub(crate) fn on_receive<E: crate::Event>(d: &Delivery) -> Result<(), Rejection> {
+    let SchemaCheck::Mismatch { expected, received } = check::<E>(&d.meta.headers) else {
+        return Ok(());
+    };
+    metrics::counter!(
+        SCHEMA_MISMATCH_TOTAL,
+        "topic" => d.meta.topic.clone(),
+        "expected" => expected.clone(),
+        "received" => received.clone(),
+    )
+    .increment(1);
+    let strict = d.client().is_some_and(|c| c.config().schema_strict);
+    let event = std::any::type_name::<E>();
+    tracing::warn!(
+        topic = %d.meta.topic,
+        event,
+        expected = %expected,
+        received = %received,
+        strict,
+        "schema mismatch: the sender was built against another schema of this event"
+    );
+    if strict {
+        return Err(Rejection::new(
+            RejectionKind::Decode,
+            format!(
+                "schema mismatch on `{}`: the handler's `{event}` has schema {expected}, the \
+                 sender's has {received} (TCHU_SCHEMA_STRICT)",
+                d.meta.topic
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What a typed handler of `E` makes of a received message's fingerprint.

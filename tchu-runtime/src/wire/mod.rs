@@ -176,6 +176,17 @@ pub enum Reply {
     Invalid(String),
 }
 
+/// Adds the publisher's schema fingerprint header (`tchu-schema`, see
+/// [`crate::fingerprint`]) to a message about to be published. Contracts; kept apart.
+pub fn stamp_schema(msg: &mut Message, fingerprint: Option<&str>) {
+    if let Some(fp) = fingerprint {
+        msg.properties.headers.insert(
+            crate::fingerprint::SCHEMA_HEADER.to_owned(),
+            crate::message::HeaderValue::from(fp),
+        );
+    }
+}
+
 /// Encodes an event or request for publishing in `format`. `event_json` is the serialized
 /// event (a JSON object for typed events). Properties other than the format's own (persistence,
 /// expiration, reply address) are set by the caller.
