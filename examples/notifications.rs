@@ -23,7 +23,8 @@ async fn send_welcome(event: UserCreated, meta: tchu::Meta) -> Result<(), std::i
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tchu::catalog_flags!();
+    // It links the fleet's events but publishes none of them.
+    tchu::catalog_flags!(publishes = []);
     tracing_subscriber::fmt().with_env_filter("info").init();
     Ok(tchu::run().await?)
 }
