@@ -415,3 +415,58 @@ fn other_format_versions_and_services_are_refused() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_map_is_one_self_contained_page() {
+    let dir = scratch("map");
+    let out_path = dir.join("fleet.html");
+    let out = tchu(&[
+        "map".as_ref(),
+        fleet_dir().as_os_str(),
+        repo()
+            .join("tests/contracts/python-billing.json")
+            .as_os_str(),
+        "-o".as_ref(),
+        out_path.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&out_path).expect("page");
+    std::fs::remove_dir_all(&dir).ok();
+    for id in [
+        "out:users",
+        "out:billing",
+        "topic:user.created",
+        "topic:rpc.users.validate",
+        "topic:billing.invoice.paid",
+        "pattern:#",
+        "pattern:user.created",
+        "in:notifications",
+        "in:analytics",
+        "in:rpc",
+        "in:billing",
+    ] {
+        assert!(page.contains(&format!("data-id=\"{id}\"")), "{id} drawn");
+    }
+    assert!(
+        page.contains(r#"class="node service python""#),
+        "billing is marked Python"
+    );
+    assert!(page.contains("5 services, 4 topics, 3 patterns"), "summary");
+    // Nothing is fetched at view time: the only URL is the SVG namespace.
+    let urls: Vec<&str> = page
+        .match_indices("http")
+        .map(|(i, _)| &page[i..i + 27])
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "http-equiv=\"Content-Securit",
+            "http://www.w3.org/2000/svg\""
+        ]
+    );
+    assert!(!page.contains(" src=") && !page.contains("@import") && !page.contains("url(http"));
+}

@@ -276,13 +276,13 @@ p.legend span {{ display: inline-block; padding: 1px 8px; margin-right: 6px; bor
 svg text {{ font: 12px monospace; fill: #111; }}
 svg text.heading {{ font: bold 13px system-ui, sans-serif; fill: #444; }}
 .node rect {{ stroke: #555; stroke-width: 1; }}
-.service rect, .legend .service {{ fill: #dbeafe; }}
-.python rect, .legend .python {{ fill: #fef9c3; }}
-.topic rect, .legend .topic {{ fill: #dcfce7; }}
-.rpc rect, .legend .rpc {{ fill: #ffedd5; }}
-.pattern rect, .legend .pattern {{ fill: #f3e8ff; }}
-.unmatched rect, .legend .unmatched {{ fill: #fecaca; stroke: #b91c1c; stroke-width: 2; }}
-.unconsumed rect, .legend .unconsumed {{ fill: #fde68a; stroke: #b45309; stroke-width: 2; }}
+.service rect {{ fill: #dbeafe; }}
+.python rect {{ fill: #fef9c3; }}
+.topic rect {{ fill: #dcfce7; }}
+.rpc rect {{ fill: #ffedd5; }}
+.pattern rect {{ fill: #f3e8ff; }}
+.unmatched rect {{ fill: #fecaca; stroke: #b91c1c; stroke-width: 2; }}
+.unconsumed rect {{ fill: #fde68a; stroke: #b45309; stroke-width: 2; }}
 .edge {{ fill: none; stroke: #777; stroke-width: 1.3; }}
 .edge.publishes {{ stroke: #2563eb; }}
 .edge.rpc {{ stroke: #ea580c; stroke-width: 2; }}
@@ -292,7 +292,7 @@ svg text.heading {{ font: bold 13px system-ui, sans-serif; fill: #444; }}
 <body data-check="pending">
 <h1>tchu fleet map</h1>
 <p id="summary">{summary}: {}</p>
-<p class="legend"><span class="service">Rust service</span><span class="python">Python service</span><span class="topic">topic</span><span class="rpc">RPC request</span><span class="pattern">pattern</span><span class="unmatched">pattern matching nothing</span><span class="unconsumed">topic nobody receives</span></p>
+<p class="legend"><span style="background:#dbeafe">Rust service</span><span style="background:#fef9c3">Python service</span><span style="background:#dcfce7">topic</span><span style="background:#ffedd5">RPC request</span><span style="background:#f3e8ff">pattern</span><span style="background:#fecaca;border-color:#b91c1c">pattern matching nothing</span><span style="background:#fde68a;border-color:#b45309">topic nobody receives</span><span style="border:0">arrows: <b style="color:#2563eb">publishes</b>, <b style="color:#9ca3af">matches</b>, <b style="color:#7c3aed">subscribes</b>, <b style="color:#ea580c">RPC</b></span></p>
 {svg}
 <script>
 // Checks the layout the browser made; CI reads the verdict from <body data-check>.
