@@ -53,7 +53,10 @@ mod consumer {
 
 /// Counters by name and labels, from a recorder installed for this test binary.
 #[derive(Default)]
-struct Counters(Mutex<BTreeMap<(String, Vec<(String, String)>), Arc<Count>>>);
+struct Counters(Mutex<BTreeMap<MetricKey, Arc<Count>>>);
+
+/// A metric's name and labels.
+type MetricKey = (String, Vec<(String, String)>);
 
 #[derive(Default)]
 struct Count(AtomicU64);
