@@ -96,21 +96,14 @@ fn schema_change(
             format!("{what} `{subject}` ({role}): schema changed incompatibly"),
         )
     };
-    c.fields = if problems.is_empty() {
-        added_fields(old, new)
+    let side = if sent {
+        "old receivers"
     } else {
-        problems
-            .iter()
-            .map(|p| {
-                let side = if sent {
-                    "old receivers"
-                } else {
-                    "old senders' messages"
-                };
-                format!("{p} ({side})")
-            })
-            .collect()
+        "old senders' messages"
     };
+    c.fields = problems.iter().map(|p| format!("{p} ({side})")).collect();
+    // A renamed field shows as one removed and one added.
+    c.fields.extend(added_fields(old, new));
     Some(c)
 }
 

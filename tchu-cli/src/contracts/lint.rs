@@ -116,10 +116,10 @@ pub(crate) fn lint(files: &[CatalogFile]) -> Vec<Finding> {
                     if problems.is_empty() {
                         continue;
                     }
-                    out.push(
-                        Finding::new(
-                            Severity::Error,
-                            "incompatible-handler",
+                    let unknown = unknown_fields(sender, receiver);
+                    let mut finding = Finding::new(
+                        Severity::Error,
+                        "incompatible-handler",
                             format!(
                                 "{}: typed handler `{}` ({}) cannot decode every `{}` that {} publishes",
                                 f.service,
@@ -129,11 +129,18 @@ pub(crate) fn lint(files: &[CatalogFile]) -> Vec<Finding> {
                                 x.service
                             ),
                         )
-                        .services([f.service.as_str(), x.service])
-                        .topic(x.topic)
-                        .pattern(&s.pattern)
-                        .fields(problems.iter().map(ToString::to_string).collect()),
-                    );
+                    .services([f.service.as_str(), x.service])
+                    .topic(x.topic)
+                    .pattern(&s.pattern)
+                    .fields(problems.iter().map(ToString::to_string).collect());
+                    if !unknown.is_empty() {
+                        finding = finding.note(format!(
+                            "{} also sends fields the handler does not read: {} (renamed?)",
+                            x.service,
+                            unknown.join(", ")
+                        ));
+                    }
+                    out.push(finding);
                 }
             }
             patterns.push((f.service.as_str(), pattern));
@@ -298,6 +305,22 @@ pub(crate) fn lint(files: &[CatalogFile]) -> Vec<Finding> {
     }
     out.sort_by_key(|f| f.severity);
     out
+}
+
+/// Top-level fields the sender sends that the receiver does not list.
+fn unknown_fields(sender: Doc<'_>, receiver: Doc<'_>) -> Vec<String> {
+    let known: Vec<String> = schema::fields(receiver)
+        .into_iter()
+        .filter_map(|f| f.split(':').next().map(str::to_owned))
+        .collect();
+    schema::fields(sender)
+        .into_iter()
+        .filter(|f| {
+            f.split(':')
+                .next()
+                .is_some_and(|n| !known.iter().any(|k| k == n))
+        })
+        .collect()
 }
 
 /// The published topic closest to a pattern with no match (a typo), if one is close.
