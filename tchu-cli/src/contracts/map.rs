@@ -312,7 +312,14 @@ svg text.heading {{ font: bold 13px system-ui, sans-serif; fill: #444; }}
     if (a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height) problems.push('overlap: ' + boxes[i].id + ' / ' + boxes[j].id);
   }}
   var edges = document.querySelectorAll('path.edge').length;
-  document.body.setAttribute('data-check', problems.length ? 'failed: ' + problems.join('; ') : 'ok ' + boxes.length + ' nodes ' + edges + ' edges');
+  // What is drawn red (a pattern matching nothing) and amber (a topic nobody receives).
+  var red = 0, amber = 0;
+  document.querySelectorAll('g.node rect').forEach(function (r) {{
+    var fill = getComputedStyle(r).fill;
+    if (fill === 'rgb(254, 202, 202)') red++;
+    if (fill === 'rgb(253, 230, 138)') amber++;
+  }});
+  document.body.setAttribute('data-check', problems.length ? 'failed: ' + problems.join('; ') : 'ok ' + boxes.length + ' nodes ' + edges + ' edges ' + red + ' red ' + amber + ' amber');
 }})();
 </script>
 </body></html>
