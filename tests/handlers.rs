@@ -186,3 +186,124 @@ async fn run_time_handlers_get_bindings_like_static_ones() {
     assert_eq!(got.as_deref(), Some("plugin.loaded"));
     t.shutdown().await;
 }
+
+/// The service-wide handler timeout (`App::handler_timeout`, `TCHU_HANDLER_TIMEOUT`): a run
+/// that takes longer is stopped and is a failure like any other (here with no retries: it is
+/// dead-lettered with the reason), and the next delivery is handled.
+#[tokio::test]
+async fn a_run_longer_than_the_service_timeout_is_stopped_and_dead_lettered() {
+    let (tx, mut rx) = unbounded_channel::<u64>();
+    let app = App::new(Config::memory(&MemoryBroker::new()))
+        .service("slow")
+        .only_module("none")
+        .handler_timeout(Duration::from_millis(200))
+        .retry(tchu::RetryPolicy::NONE)
+        .subscribe("job.slow", "slow", move |d: Arc<Delivery>| {
+            let n = d.event["n"].as_u64().unwrap_or_default();
+            let tx = tx.clone();
+            async move {
+                if n == 0 {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                let _ = tx.send(n);
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
+    let t = TestApp::start(app).await.expect("start");
+    for n in 0..2 {
+        t.client()
+            .publish("job.slow", &serde_json::json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("handled");
+    assert_eq!(got, Some(1));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let dead = loop {
+        let dead = t.client().dead_letters("slow").await.expect("dlq");
+        if !dead.is_empty() || tokio::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].reason,
+        "handler timed out after 200ms (after 1 attempts)"
+    );
+    let s = t.stats();
+    assert_eq!((s.timed_out, s.handled), (1, 1), "{s:?}");
+    t.shutdown().await;
+}
+
+/// Two apps in one process (#15 "no hidden global between apps"): a handler's
+/// `tchu::publish` (and `event.publish()`) goes through the app that runs it, not through the
+/// process's default client, which the first app started set for good.
+#[tokio::test]
+async fn a_handler_publishes_through_its_own_app() {
+    let first = TestApp::start(
+        App::new(Config::memory(&MemoryBroker::new()))
+            .service("first")
+            .only_module("none")
+            .subscribe("first.ping", "first-ping", |_d: Arc<Delivery>| async {
+                tchu::publish("pong", &serde_json::json!({ "from": "first" })).await?;
+                Ok::<(), tchu::PublishError>(())
+            }),
+    )
+    .await
+    .expect("start first");
+    // Started second: the process default client is the first app's (or an earlier one's).
+    let second = TestApp::start(
+        App::new(Config::memory(&MemoryBroker::new()))
+            .service("second")
+            .only_module("none")
+            .subscribe("second.ping", "second-ping", |_d: Arc<Delivery>| async {
+                tchu::publish("pong", &serde_json::json!({ "from": "second" })).await?;
+                OrderPlaced {
+                    order_id: 2,
+                    user_id: None,
+                }
+                .publish()
+                .await?;
+                Ok::<(), tchu::PublishError>(())
+            }),
+    )
+    .await
+    .expect("start second");
+    second
+        .client()
+        .publish("second.ping", &serde_json::json!({}))
+        .await
+        .expect("publish");
+    first
+        .client()
+        .publish("first.ping", &serde_json::json!({}))
+        .await
+        .expect("publish");
+    let got = second.published_json("pong", 1, WAIT).await.expect("pong");
+    assert_eq!(got[0]["from"], "second");
+    let typed = second
+        .published_json("order.placed", 1, WAIT)
+        .await
+        .expect("typed publish");
+    assert_eq!(typed[0]["order_id"], 2);
+    let got = first.published_json("pong", 1, WAIT).await.expect("pong");
+    assert_eq!(got[0]["from"], "first");
+    // Nothing crossed over: each app's capture holds its own pong only.
+    assert!(
+        second
+            .published_json("pong", 2, Duration::from_millis(200))
+            .await
+            .is_err()
+    );
+    assert!(
+        first
+            .published_json("pong", 2, Duration::from_millis(200))
+            .await
+            .is_err()
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+}

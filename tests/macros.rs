@@ -205,6 +205,108 @@ async fn with_jitter_only(_event: serde_json::Value) {}
 #[tchu::subscribe("retry.none.*", jitter = false, retries = 0)]
 async fn with_jitter_off(_event: serde_json::Value) {}
 
+// --- return kinds, decided by the type and not by its spelling ----------------------------
+
+/// An error that also serializes: were an aliased `Result` taken for a plain value, its `Err`
+/// would become a successful reply `{"Err": ...}` instead of a failure.
+#[derive(Debug, serde::Serialize)]
+struct Refused {
+    code: u16,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused {}", self.code)
+    }
+}
+
+type Res = Result<(), Refused>;
+
+#[tchu::subscribe("alias.result")]
+async fn aliased_result(event: serde_json::Value) -> Res {
+    if event["fail"] == json!(true) {
+        Err(Refused { code: 7 })
+    } else {
+        Ok(())
+    }
+}
+
+type Reply<T> = Result<T, RpcError>;
+
+#[tchu::subscribe(GetUser, id = "macros::aliased_rpc")]
+async fn aliased_rpc(req: GetUser) -> Reply<UserReply> {
+    match req.id {
+        404 => Err(RpcError::new("NOT_FOUND", "no such user")),
+        id => Ok(UserReply {
+            name: format!("alias {id}"),
+        }),
+    }
+}
+
+mod handler_result {
+    /// A module's own `Result` alias, as `std::io::Result`.
+    pub(crate) type Result<T> = core::result::Result<T, tchu::HandlerError>;
+}
+
+#[tchu::subscribe("alias.module")]
+async fn module_result(_event: serde_json::Value) -> handler_result::Result<u8> {
+    Err(HandlerError::permanent("not fixable"))
+}
+
+mod shadow {
+    /// Not a `Result`, whatever its name: a plain reply.
+    #[derive(serde::Serialize)]
+    pub(crate) struct Result {
+        pub(crate) n: u32,
+    }
+}
+
+#[tchu::subscribe("alias.shadow")]
+async fn named_result_is_a_value(_event: serde_json::Value) -> shadow::Result {
+    shadow::Result { n: 5 }
+}
+
+#[tokio::test]
+async fn aliased_results_fail_with_their_err() {
+    assert_eq!(
+        run(
+            "macros::aliased_result",
+            "alias.result",
+            json!({"fail": true})
+        )
+        .await,
+        Err(Failure::Transient("refused 7".into()))
+    );
+    assert_eq!(
+        run("macros::aliased_result", "alias.result", json!({})).await,
+        Ok(serde_json::Value::Null)
+    );
+    assert_eq!(
+        run("macros::module_result", "alias.module", json!({})).await,
+        Err(Failure::Permanent("not fixable".into()))
+    );
+}
+
+#[tokio::test]
+async fn aliased_rpc_results() {
+    assert_eq!(
+        run("macros::aliased_rpc", "user.get", json!({"id": 3})).await,
+        Ok(json!({"name": "alias 3"}))
+    );
+    assert_eq!(
+        run("macros::aliased_rpc", "user.get", json!({"id": 404})).await,
+        Err(Failure::Remote(RpcError::new("NOT_FOUND", "no such user")))
+    );
+}
+
+#[tokio::test]
+async fn a_type_named_result_is_a_value() {
+    assert_eq!(
+        run("macros::named_result_is_a_value", "alias.shadow", json!({})).await,
+        Ok(json!({"n": 5}))
+    );
+}
+
 fn subscription(id: &str) -> Subscription {
     Registry::static_subscriptions()
         .into_iter()

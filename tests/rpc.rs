@@ -337,3 +337,108 @@ async fn typed_calls_validate_both_ends_and_check_the_reply_type() {
     r.shutdown().await;
     names.cleanup(&c, &["typed"], &[]).await;
 }
+
+/// #12 §5: a responder in one service and a failing `#` observer (an audit log whose store is
+/// down) in another. The observer never answers, so every caller gets the real reply; its
+/// failures are retried, then dead-lettered with their reason, so no audit record is lost.
+#[tokio::test]
+async fn a_failing_observer_neither_answers_nor_loses_its_records() {
+    const CALLS: usize = 100;
+    let names = Names::new("rpcobserver");
+    let responder = App::new(names.config())
+        .service(names.service("orders"))
+        .only_module("none")
+        .subscribe("rpc.orders.quote", "quote", |d: Arc<Delivery>| async move {
+            Ok::<_, RpcError>(serde_json::json!({ "n": d.event["n"], "price": 42 }))
+        })
+        .start()
+        .await
+        .expect("start responder");
+    let (tx, mut attempts) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let audit = App::new(names.config())
+        .service(names.service("audit"))
+        .only_module("none")
+        .retry(tchu::RetryPolicy {
+            retries: 2,
+            backoff: tchu::Backoff::Fixed,
+            delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(100),
+            jitter: false,
+        })
+        .subscribe("#", "audit", move |d: Arc<Delivery>| {
+            let _ = tx.send(d.meta.attempt);
+            async { Err::<(), _>(HandlerError::transient("audit store down")) }
+        })
+        .start()
+        .await
+        .expect("start audit");
+    let c = responder.client().clone();
+    let t = Some(Duration::from_secs(10));
+
+    let started = Instant::now();
+    let calls = (0..CALLS).map(|n| {
+        let c = c.clone();
+        async move {
+            c.call("rpc.orders.quote", &serde_json::json!({ "n": n }), t)
+                .await
+        }
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    let real = replies
+        .iter()
+        .enumerate()
+        .filter(|(n, r)| matches!(r, Ok(v) if *v == serde_json::json!({ "n": n, "price": 42 })))
+        .count();
+    let failed: Vec<_> = replies.iter().filter(|r| r.is_err()).take(3).collect();
+    eprintln!(
+        "{real} of {CALLS} real replies in {:?}; failures: {failed:?}",
+        started.elapsed()
+    );
+    assert_eq!(real, CALLS, "every caller gets the responder's answer");
+
+    // Each request reaches the observer 3 times (1 + 2 retries), then is dead-lettered.
+    let seen = common::recv_n(&mut attempts, 3 * CALLS).await;
+    for a in 1..=3 {
+        assert_eq!(
+            seen.iter().filter(|&&x| x == a).count(),
+            CALLS,
+            "attempt {a}"
+        );
+    }
+    let audit_svc = names.service("audit");
+    let deadline = Instant::now() + common::WAIT;
+    while audit.stats().dead_lettered < CALLS as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "dead letters: {:?}",
+            audit.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead = c.dead_letters(&audit_svc).await.expect("dead letters");
+    assert_eq!(dead.len(), CALLS);
+    for d in &dead {
+        assert_eq!(d.reason, "audit store down (after 3 attempts)");
+        assert_eq!(d.handler.as_deref(), Some("audit"));
+        assert_eq!(d.original_routing_key, "rpc.orders.quote");
+    }
+    let (r, a) = (responder.stats(), audit.stats());
+    eprintln!("responder {r:?}\naudit {a:?}");
+    assert_eq!(a.replied, 0, "the observer's service never answers");
+    assert_eq!(r.replied, CALLS as u64);
+    assert_eq!(
+        (a.retried, a.dead_lettered),
+        (2 * CALLS as u64, CALLS as u64)
+    );
+    assert_eq!(c.pending_calls(), 0);
+
+    responder.shutdown().await;
+    audit.shutdown().await;
+    names
+        .cleanup(
+            &c,
+            &["orders", "audit"],
+            &[&format!("{audit_svc}.retry.100ms")],
+        )
+        .await;
+}

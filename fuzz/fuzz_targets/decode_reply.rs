@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tchu_fuzz::{FuzzMessage, json_eq};
-use tchu_runtime::serde_json::Value;
+use tchu_runtime::__private::serde_json::Value;
 use tchu_runtime::wire::{self, Reply, WireFormat, celery};
 
 fn reply_eq(a: &Reply, b: &Reply) -> bool {

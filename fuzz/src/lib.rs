@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use tchu_runtime::message::{HeaderValue, Headers, Message, Properties};
-use tchu_runtime::serde_json::{self, Map, Value};
+use tchu_runtime::__private::serde_json::{self, Map, Value};
 
 /// A string that is usually one of `dict`, sometimes anything.
 fn pick(u: &mut Unstructured<'_>, dict: &[&str]) -> arbitrary::Result<String> {

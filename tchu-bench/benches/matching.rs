@@ -6,7 +6,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tchu_runtime::{Pattern, TopicTrie};
+use tchu_runtime::Pattern;
+use tchu_runtime::topic::TopicTrie;
 
 /// `n` patterns shaped like a large fleet's subscriptions: mostly exact three-word keys, every
 /// 10th ending in `*`, every 1000th `app<k>.#`, plus two global wildcards.

@@ -6,7 +6,8 @@
 //! tchu-bench tchutchu [--out DIR] [--only ..] [--sides ..] [--reps N]   only tchu-tchu
 //! tchu-bench child-service SIDE EXCHANGE PREFIX N                (internal: memory child)
 //! ```
-//! Workloads: publish, e2e, paced, rpc, fanout, memory. Sides: raw, tchu-celery, tchu-native,
+//! Workloads: publish, e2e, paced, rpc, fanout, memory. Sides: raw, raw-celery (raw lapin with
+//! tchu's Celery bytes; no rpc), tchu-celery, tchu-native,
 //! tchu-tchu (the Python library with Celery workers; runs e2e, paced and rpc, and reports
 //! its memory from e2e; only when a venv is found, see `tchutchu`). `all` runs every side,
 //! `smoke` runs tchu-tchu once, tiny, on one worker, `tchutchu` runs only tchu-tchu (writes to
@@ -34,7 +35,7 @@ const WORKLOADS: [&str; 6] = ["publish", "e2e", "paced", "rpc", "fanout", "memor
 fn usage() -> ! {
     eprintln!(
         "usage: tchu-bench all|smoke|tchutchu [--out DIR] [--only {}] \
-         [--sides raw,tchu-celery,tchu-native,tchu-tchu] [--reps N]",
+         [--sides raw,raw-celery,tchu-celery,tchu-native,tchu-tchu] [--reps N]",
         WORKLOADS.join(",")
     );
     std::process::exit(2)
@@ -115,7 +116,13 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
     let mut sides: Vec<Side> = if mode == Mode::TchuTchu {
         vec![Side::TchuTchu]
     } else {
-        vec![Side::Raw, Side::Celery, Side::Native, Side::TchuTchu]
+        vec![
+            Side::Raw,
+            Side::RawCelery,
+            Side::Celery,
+            Side::Native,
+            Side::TchuTchu,
+        ]
     };
     let list = |it: &mut std::slice::Iter<'_, String>| -> Vec<String> {
         it.next()
@@ -186,6 +193,9 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
     for w in WORKLOADS.iter().filter(|w| only.iter().any(|o| o == *w)) {
         for rep in 0..sizes.reps {
             for &side in &sides {
+                if !side.runs(w) {
+                    continue;
+                }
                 if side == Side::TchuTchu {
                     let first = tt.first() == Some(w);
                     if !tt.contains(w) || (sizes.tt_combined && !first) {

@@ -2,6 +2,10 @@
 //! exchange, durable queue, persistent messages, publisher confirms, manual acks, the same
 //! prefetch). Consumers handle deliveries inline and acknowledge with `multiple: true`, at the
 //! latest every 64 deliveries or whenever no further delivery is ready (the lapin notes' way).
+//!
+//! Two bodies ([`Body`]): plain JSON, or the byte-identical Celery task messages tchu sends by
+//! default (the same headers, body and properties, from tchu's own encoder), so that the
+//! framework's cost and the format's cost show as separate figures.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +17,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -22,6 +26,96 @@ use crate::common::{Counter, Res, WAIT};
 
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 const ACK_BATCH: u32 = 64;
+
+/// What a raw publisher sends and a raw service reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Body {
+    /// The event JSON as the body, content type JSON, no headers.
+    Plain,
+    /// A Celery `tchu_tchu.dispatch_event` task, byte-identical to tchu's (19 headers).
+    Celery,
+}
+
+impl Body {
+    /// The body and properties of one persistent event.
+    fn message(self, topic: &str, json: Vec<u8>) -> (Vec<u8>, BasicProperties) {
+        match self {
+            Body::Plain => (
+                json,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            ),
+            Body::Celery => {
+                let id = tchu_runtime::wire::new_message_id();
+                let mut m = tchu_runtime::wire::celery::encode(topic, &json, &id, false);
+                m.properties.persistent = true;
+                let props = lapin_properties(&m.properties);
+                (m.body, props)
+            }
+        }
+    }
+
+    /// The event of a received body (`args[0]` of a Celery task, parsed).
+    fn event(self, body: &[u8]) -> Option<serde_json::Value> {
+        match self {
+            Body::Plain => serde_json::from_slice(body).ok(),
+            Body::Celery => {
+                let (args, _kwargs, _embed): (Vec<String>, serde_json::Value, serde_json::Value) =
+                    serde_json::from_slice(body).ok()?;
+                serde_json::from_str(args.first()?).ok()
+            }
+        }
+    }
+}
+
+/// tchu's properties as lapin's, converted the way tchu's AMQP broker does.
+fn lapin_properties(p: &tchu_runtime::message::Properties) -> BasicProperties {
+    let mut b = BasicProperties::default().with_delivery_mode(if p.persistent { 2 } else { 1 });
+    if let Some(v) = &p.content_type {
+        b = b.with_content_type(v.as_str().into());
+    }
+    if let Some(v) = &p.content_encoding {
+        b = b.with_content_encoding(v.as_str().into());
+    }
+    if !p.headers.is_empty() {
+        b = b.with_headers(field_table(&p.headers));
+    }
+    if let Some(v) = &p.correlation_id {
+        b = b.with_correlation_id(v.as_str().into());
+    }
+    if let Some(v) = p.priority {
+        b = b.with_priority(v);
+    }
+    b
+}
+
+fn field_table(h: &tchu_runtime::message::Headers) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in h {
+        t.insert(k.as_str().into(), amqp_value(v));
+    }
+    t
+}
+
+fn amqp_value(v: &tchu_runtime::message::HeaderValue) -> AMQPValue {
+    use tchu_runtime::message::HeaderValue as H;
+    match v {
+        H::Null => AMQPValue::Void,
+        H::Bool(b) => AMQPValue::Boolean(*b),
+        H::Int(i) => match i32::try_from(*i) {
+            Ok(i) => AMQPValue::LongInt(i),
+            Err(_) => AMQPValue::LongLongInt(*i),
+        },
+        H::Float(f) => AMQPValue::Double(*f),
+        H::String(s) => AMQPValue::LongString(s.as_str().into()),
+        H::Bytes(b) => AMQPValue::LongString(b.clone().into()),
+        H::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+            a.iter().map(amqp_value).collect::<Vec<_>>(),
+        )),
+        H::Table(t) => AMQPValue::FieldTable(field_table(t)),
+    }
+}
 
 /// Connects (inside the tokio runtime).
 pub(crate) async fn connect(url: &str) -> Res<Connection> {
@@ -93,10 +187,11 @@ pub(crate) struct Publisher {
     conn: Connection,
     ch: Channel,
     exchange: String,
+    body: Body,
 }
 
 impl Publisher {
-    pub(crate) async fn connect(url: &str, exchange: &str) -> Res<Self> {
+    pub(crate) async fn connect(url: &str, exchange: &str, body: Body) -> Res<Self> {
         let conn = connect(url).await?;
         let ch = confirm_channel(&conn).await?;
         ch.exchange_declare(
@@ -113,15 +208,13 @@ impl Publisher {
             conn,
             ch,
             exchange: exchange.to_owned(),
+            body,
         })
     }
 
     /// Serializes and publishes one persistent event, waiting for its confirm.
     pub(crate) async fn publish(&self, topic: &str, event: &serde_json::Value) -> Res<()> {
-        let body = serde_json::to_vec(event)?;
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
+        let (body, props) = self.body.message(topic, serde_json::to_vec(event)?);
         let confirm = self
             .ch
             .basic_publish(
@@ -159,6 +252,7 @@ impl Service {
         pattern: &str,
         prefetch: u16,
         counter: Arc<Counter>,
+        body: Body,
     ) -> Res<Self> {
         let conn = connect(url).await?;
         let ch = conn.create_channel().await?;
@@ -188,7 +282,7 @@ impl Service {
                     }
                 };
                 let Some(Ok(d)) = next else { break };
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d.data) {
+                if let Some(v) = body.event(&d.data) {
                     counter.hit(&v);
                 }
                 last = Some(d.delivery_tag);

@@ -163,20 +163,22 @@ fn verdict(target: Target, tchu: f64, raw: f64) -> String {
 pub(crate) fn table(samples: &Samples) -> String {
     let mut out = String::new();
     out.push_str(
-        "| workload | metric | raw lapin | tchu Celery | ratio | tchu native | ratio | target (Celery / native) |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| workload | metric | raw lapin | raw lapin, Celery bytes | tchu Celery | ratio | ratio to Celery bytes | tchu native | ratio | target (Celery / native) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in ROWS {
         let raw = cell(samples, row.key, Side::Raw);
+        let rawc = cell(samples, row.key, Side::RawCelery);
         let cel = cell(samples, row.key, Side::Celery);
         let nat = cell(samples, row.key, Side::Native);
-        if raw.is_none() && cel.is_none() && nat.is_none() {
+        if raw.is_none() && rawc.is_none() && cel.is_none() && nat.is_none() {
             continue;
         }
-        let ratio = |t: &Option<(f64, String)>| match (t, &raw) {
+        let ratio_to = |t: &Option<(f64, String)>, base: &Option<(f64, String)>| match (t, base) {
             (Some((t, _)), Some((r, _))) => format!("{:.2}", t / r),
             _ => "–".to_owned(),
         };
+        let ratio = |t: &Option<(f64, String)>| ratio_to(t, &raw);
         let targ = match (row.target, &raw) {
             (Some(t), Some((r, _))) => {
                 let parts: Vec<String> = [&cel, &nat]
@@ -193,12 +195,14 @@ pub(crate) fn table(samples: &Samples) -> String {
         let show = |x: &Option<(f64, String)>| x.as_ref().map_or("–".to_owned(), |c| c.1.clone());
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.workload,
             row.metric,
             show(&raw),
+            show(&rawc),
             show(&cel),
             ratio(&cel),
+            ratio_to(&cel, &rawc),
             show(&nat),
             ratio(&nat),
             targ
@@ -358,11 +362,18 @@ pub(crate) fn versus_table(samples: &Samples) -> String {
     out
 }
 
-const SIDES: [Side; 4] = [Side::Raw, Side::Celery, Side::Native, Side::TchuTchu];
+const SIDES: [Side; 5] = [
+    Side::Raw,
+    Side::RawCelery,
+    Side::Celery,
+    Side::Native,
+    Side::TchuTchu,
+];
 
 fn side_color(s: Side) -> RGBColor {
     match s {
         Side::Raw => RGBColor(90, 90, 90),
+        Side::RawCelery => RGBColor(170, 170, 170),
         Side::Celery => RGBColor(214, 96, 77),
         Side::Native => RGBColor(67, 147, 195),
         Side::TchuTchu => RGBColor(120, 170, 90),

@@ -13,6 +13,9 @@ use crate::raw;
 pub(crate) enum Side {
     /// Hand-written lapin.
     Raw,
+    /// Hand-written lapin sending and reading tchu's Celery bytes (events only: publish, e2e,
+    /// paced, fan-out).
+    RawCelery,
     /// tchu, default (Celery) wire format.
     Celery,
     /// tchu, native wire format.
@@ -26,6 +29,7 @@ impl Side {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Side::Raw => "raw",
+            Side::RawCelery => "raw-celery",
             Side::Celery => "tchu-celery",
             Side::Native => "tchu-native",
             Side::TchuTchu => "tchu-tchu",
@@ -33,15 +37,35 @@ impl Side {
     }
 
     pub(crate) fn parse(s: &str) -> Option<Side> {
-        [Side::Raw, Side::Celery, Side::Native, Side::TchuTchu]
-            .into_iter()
-            .find(|x| x.label() == s)
+        [
+            Side::Raw,
+            Side::RawCelery,
+            Side::Celery,
+            Side::Native,
+            Side::TchuTchu,
+        ]
+        .into_iter()
+        .find(|x| x.label() == s)
+    }
+
+    /// The body a raw side sends.
+    fn raw_body(self) -> raw::Body {
+        if self == Side::RawCelery {
+            raw::Body::Celery
+        } else {
+            raw::Body::Plain
+        }
+    }
+
+    /// Whether this side runs `workload` (the Celery-bytes raw side has no RPC part).
+    pub(crate) fn runs(self, workload: &str) -> bool {
+        !(self == Side::RawCelery && workload == "rpc")
     }
 
     fn format(self) -> WireFormat {
         match self {
             Side::Native => WireFormat::Native,
-            Side::Raw | Side::Celery | Side::TchuTchu => WireFormat::Celery,
+            Side::Raw | Side::RawCelery | Side::Celery | Side::TchuTchu => WireFormat::Celery,
         }
     }
 }
@@ -56,6 +80,21 @@ fn config(side: Side, exchange: &str) -> Res<Config> {
     c.publish_timeout = WAIT;
     c.call_timeout = WAIT;
     Ok(c)
+}
+
+/// A tchu service on `queue` with the bench's settings and no static handlers.
+fn tchu_app(side: Side, exchange: &str, queue: String) -> Res<App> {
+    Ok(App::new(config(side, exchange)?)
+        .service(queue)
+        .only_module("none")
+        .prefetch(PREFETCH))
+}
+
+/// Stops a tchu service and closes its connection.
+async fn stop_tchu(r: Running) {
+    let c = r.client().clone();
+    r.shutdown().await;
+    c.close().await;
 }
 
 /// Queues a tchu service declares besides its own.
@@ -77,8 +116,8 @@ pub(crate) enum Publisher {
 impl Publisher {
     pub(crate) async fn connect(side: Side, exchange: &str) -> Res<Arc<Self>> {
         Ok(Arc::new(match side {
-            Side::Raw => Publisher::Raw(Box::new(
-                raw::Publisher::connect(&broker_url(), exchange).await?,
+            Side::Raw | Side::RawCelery => Publisher::Raw(Box::new(
+                raw::Publisher::connect(&broker_url(), exchange, side.raw_body()).await?,
             )),
             Side::Celery | Side::Native | Side::TchuTchu => {
                 Publisher::Tchu(Client::connect(config(side, exchange)?).await?)
@@ -121,7 +160,7 @@ impl Service {
     ) -> Res<Self> {
         let queue = names.queue(name);
         Ok(match side {
-            Side::Raw => Service::Raw(
+            Side::Raw | Side::RawCelery => Service::Raw(
                 raw::Service::start(
                     &broker_url(),
                     &names.exchange,
@@ -129,21 +168,22 @@ impl Service {
                     pattern,
                     PREFETCH,
                     counter,
+                    side.raw_body(),
                 )
                 .await?,
             ),
             Side::Celery | Side::Native | Side::TchuTchu => {
-                let app = App::new(config(side, &names.exchange)?)
-                    .service(queue)
-                    .only_module("none")
-                    .prefetch(PREFETCH)
-                    .subscribe(pattern, "bench", move |d: Arc<Delivery>| {
+                let app = tchu_app(side, &names.exchange, queue)?.subscribe(
+                    pattern,
+                    "bench",
+                    move |d: Arc<Delivery>| {
                         let c = Arc::clone(&counter);
                         async move {
                             c.hit(&d.event);
                             Ok::<(), Infallible>(())
                         }
-                    });
+                    },
+                );
                 Service::Tchu(app.start().await?)
             }
         })
@@ -153,11 +193,7 @@ impl Service {
     pub(crate) async fn stop(self) {
         match self {
             Service::Raw(s) => s.stop().await,
-            Service::Tchu(r) => {
-                let c = r.client().clone();
-                r.shutdown().await;
-                c.close().await;
-            }
+            Service::Tchu(r) => stop_tchu(r).await,
         }
     }
 }
@@ -173,18 +209,19 @@ impl Responder {
     pub(crate) async fn start(side: Side, names: &Names, name: &str, pattern: &str) -> Res<Self> {
         let queue = names.queue(name);
         Ok(match side {
+            Side::RawCelery => return Err("raw-celery has no RPC side".into()),
             Side::Raw => Responder::Raw(
                 raw::Responder::start(&broker_url(), &names.exchange, &queue, pattern, PREFETCH)
                     .await?,
             ),
             Side::Celery | Side::Native | Side::TchuTchu => {
-                let app = App::new(config(side, &names.exchange)?)
-                    .service(queue)
-                    .only_module("none")
-                    .prefetch(PREFETCH)
-                    .subscribe(pattern, "echo", |d: Arc<Delivery>| async move {
+                let app = tchu_app(side, &names.exchange, queue)?.subscribe(
+                    pattern,
+                    "echo",
+                    |d: Arc<Delivery>| async move {
                         Ok::<_, RpcError>(serde_json::json!({ "echo": d.event.clone() }))
-                    });
+                    },
+                );
                 Responder::Tchu(app.start().await?)
             }
         })
@@ -193,11 +230,7 @@ impl Responder {
     pub(crate) async fn stop(self) {
         match self {
             Responder::Raw(s) => s.stop().await,
-            Responder::Tchu(r) => {
-                let c = r.client().clone();
-                r.shutdown().await;
-                c.close().await;
-            }
+            Responder::Tchu(r) => stop_tchu(r).await,
         }
     }
 }
@@ -212,6 +245,7 @@ pub(crate) enum Caller {
 impl Caller {
     pub(crate) async fn connect(side: Side, exchange: &str) -> Res<Arc<Self>> {
         Ok(Arc::new(match side {
+            Side::RawCelery => return Err("raw-celery has no RPC side".into()),
             Side::Raw => Caller::Raw(Box::new(
                 raw::Caller::connect(&broker_url(), exchange).await?,
             )),

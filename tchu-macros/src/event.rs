@@ -163,28 +163,41 @@ fn check_item(item: &Item, errors: &mut Errors) -> Option<ItemStruct> {
     Some(s.clone())
 }
 
-pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+/// Expands `#[tchu::event]`. On an error it emits, beside the errors, a fallback of the item
+/// (see [`fallback`]) so that only the real error shows, not a cascade at every use of the type.
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = parse_args(attr, &mut errors);
-    let parsed: Item = syn::parse2(item)?;
-    let s = check_item(&parsed, &mut errors);
-    errors.finish()?;
-    let (Some(s), Some(topic)) = (s, args.topic) else {
-        // Unreachable: `finish` returned the errors that made either `None`.
-        return Err(syn::Error::new(parsed.span(), "invalid `#[tchu::event]`"));
+    let parsed: Item = match syn::parse2(item.clone()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let mut out = item;
+            out.extend(e.into_compile_error());
+            return out;
+        }
     };
+    let s = check_item(&parsed, &mut errors);
+    if let Err(e) = errors.finish() {
+        let mut out = fallback(parsed, &args);
+        out.extend(e.into_compile_error());
+        return out;
+    }
+    match (s, &args.topic) {
+        (Some(s), Some(topic)) => expand_valid(&s, topic, &args),
+        // Unreachable: `finish` returned the errors that made either `None`.
+        _ => syn::Error::new(parsed.span(), "invalid `#[tchu::event]`").into_compile_error(),
+    }
+}
 
+/// The full expansion of a valid event.
+fn expand_valid(s: &ItemStruct, topic: &LitStr, args: &EventArgs) -> TokenStream {
     let p = args.krate.private();
     let serde_path = args.krate.private_str("serde");
     let validator_path = args.krate.private_str("validator");
     let schemars_path = args.krate.private_str("schemars");
     let ident = &s.ident;
-    let vis = &s.vis;
-    let response = match &args.response {
-        Some(ty) => ty.to_token_stream(),
-        None => quote!(()),
-    };
 
+    // Emitted once: the runtime's own `const fn` rules, reported at the literal.
     let topic_check = quote_spanned! {topic.span()=>
         const _: () = {
             if let #p::Result::Err(e) = #p::check_topic(#topic) {
@@ -192,45 +205,6 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
         };
     };
-
-    let call_methods = args.response.as_ref().map(|resp| {
-        quote! {
-            /// Sends this request with the default client and waits for its reply, for at
-            /// most the configured call timeout.
-            ///
-            /// # Errors
-            /// A `tchu::CallError`: invalid request, publish failure, timeout, an error
-            /// returned by the remote handler, or an undecodable reply.
-            #vis async fn call(&self) -> #p::Result<#resp, #p::CallError> {
-                #p::call_event(self, #p::Option::None).await
-            }
-
-            /// Sends this request with the default client and waits at most `timeout` for
-            /// its reply.
-            ///
-            /// # Errors
-            /// See [`call`](Self::call).
-            #vis async fn call_with_timeout(
-                &self,
-                timeout: #p::Duration,
-            ) -> #p::Result<#resp, #p::CallError> {
-                #p::call_event(self, #p::Option::Some(timeout)).await
-            }
-
-            /// Sends this request with `client` and waits for its reply (`timeout`, or the
-            /// client's configured call timeout when `None`).
-            ///
-            /// # Errors
-            /// See [`call`](Self::call).
-            #vis async fn call_with(
-                &self,
-                client: &#p::Client,
-                timeout: #p::Option<#p::Duration>,
-            ) -> #p::Result<#resp, #p::CallError> {
-                client.call_event(self, timeout).await
-            }
-        }
-    });
 
     let (schema_derive, schema_fn) = if args.schema {
         (
@@ -273,8 +247,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
         };
     };
+    let event_impls = event_impls(ident, &topic.to_token_stream(), args);
+    let methods = methods(ident, &s.vis, args);
 
-    Ok(quote! {
+    quote! {
         #[derive(#p::serde::Serialize, #p::serde::Deserialize, #p::validator::Validate)]
         #schema_derive
         #[serde(crate = #serde_path)]
@@ -285,8 +261,20 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
         #registration
 
-        #topic_check
+        #event_impls
 
+        #methods
+    }
+}
+
+/// `impl Event` and `impl FromDelivery`, shared by the expansion and its fallback.
+fn event_impls(ident: &syn::Ident, topic: &TokenStream, args: &EventArgs) -> TokenStream {
+    let p = args.krate.private();
+    let response = match &args.response {
+        Some(ty) => ty.to_token_stream(),
+        None => quote!(()),
+    };
+    quote! {
         #[automatically_derived]
         impl #p::Event for #ident {
             const TOPIC: &'static str = #topic;
@@ -301,7 +289,51 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 #p::extract_event::<Self>(delivery)
             }
         }
+    }
+}
 
+/// The inherent `publish*` (and, with `response = ...`, `call*`) methods.
+fn methods(ident: &syn::Ident, vis: &syn::Visibility, args: &EventArgs) -> TokenStream {
+    let p = args.krate.private();
+    let call_methods = args.response.as_ref().map(|resp| {
+        quote! {
+            /// Sends this request with the default client and waits for its reply, for at
+            /// most the configured call timeout.
+            ///
+            /// # Errors
+            /// A `tchu::CallError`: invalid request, publish failure, timeout, an error
+            /// returned by the remote handler, or an undecodable reply.
+            #vis async fn call(&self) -> #p::Result<#resp, #p::CallError> {
+                #p::call_event(self, #p::Option::None).await
+            }
+
+            /// Sends this request with the default client and waits at most `timeout` for
+            /// its reply.
+            ///
+            /// # Errors
+            /// See [`call`](Self::call).
+            #vis async fn call_with_timeout(
+                &self,
+                timeout: #p::Duration,
+            ) -> #p::Result<#resp, #p::CallError> {
+                #p::call_event(self, #p::Option::Some(timeout)).await
+            }
+
+            /// Sends this request with `client` and waits for its reply (`timeout`, or the
+            /// client's configured call timeout when `None`).
+            ///
+            /// # Errors
+            /// See [`call`](Self::call).
+            #vis async fn call_with(
+                &self,
+                client: &#p::Client,
+                timeout: #p::Option<#p::Duration>,
+            ) -> #p::Result<#resp, #p::CallError> {
+                client.call_event(self, timeout).await
+            }
+        }
+    });
+    quote! {
         #[allow(dead_code, reason = "generated methods the crate may not call")]
         impl #ident {
             /// Validates and publishes this event with the default client, and returns once the
@@ -326,5 +358,261 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             #call_methods
         }
-    })
+    }
+}
+
+/// What `#[tchu::event]` emits next to its errors (thiserror's `fallback.rs`): the item without
+/// the field attributes of derives it did not apply (else "cannot find attribute `validate`"),
+/// and stand-in impls of everything the expansion would have provided (`Serialize`,
+/// `Deserialize`, `Validate`, `JsonSchema`, `Event`, `FromDelivery`, `publish*`/`call*`), so
+/// uses of the type elsewhere type-check and the user sees the real error alone. The stand-ins
+/// never run: the crate does not compile while the error is there.
+fn fallback(mut item: Item, args: &EventArgs) -> TokenStream {
+    let derived = user_derives(&item);
+    let keep = |name: &str| match name {
+        "serde" => derived
+            .iter()
+            .any(|d| d == "Serialize" || d == "Deserialize"),
+        "validate" => derived.iter().any(|d| d == "Validate"),
+        "schemars" => derived.iter().any(|d| d == "JsonSchema"),
+        _ => true,
+    };
+    let (ident, vis, generic) = match &mut item {
+        Item::Struct(s) => {
+            strip_attrs(&mut s.attrs, keep);
+            for f in s.fields.iter_mut() {
+                strip_attrs(&mut f.attrs, keep);
+            }
+            (
+                s.ident.clone(),
+                s.vis.clone(),
+                !s.generics.params.is_empty(),
+            )
+        }
+        Item::Enum(e) => {
+            strip_attrs(&mut e.attrs, keep);
+            for v in &mut e.variants {
+                strip_attrs(&mut v.attrs, keep);
+                for f in v.fields.iter_mut() {
+                    strip_attrs(&mut f.attrs, keep);
+                }
+            }
+            (
+                e.ident.clone(),
+                e.vis.clone(),
+                !e.generics.params.is_empty(),
+            )
+        }
+        Item::Union(u) => {
+            strip_attrs(&mut u.attrs, keep);
+            for f in &mut u.fields.named {
+                strip_attrs(&mut f.attrs, keep);
+            }
+            (
+                u.ident.clone(),
+                u.vis.clone(),
+                !u.generics.params.is_empty(),
+            )
+        }
+        // Not a type: nothing could use it as an event.
+        other => return other.to_token_stream(),
+    };
+    if generic {
+        // Stand-ins for a generic item would need bounds the user never wrote, and bring
+        // errors of their own; the item alone is enough.
+        return item.to_token_stream();
+    }
+
+    let p = args.krate.private();
+    let ident_str = ident.to_string();
+    let has = |name: &str| derived.iter().any(|d| d == name);
+    let serialize = (!has("Serialize")).then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #p::serde::Serialize for #ident {
+                fn serialize<S: #p::serde::Serializer>(
+                    &self,
+                    _: S,
+                ) -> #p::Result<S::Ok, S::Error> {
+                    #p::Result::Err(<S::Error as #p::serde::ser::Error>::custom(
+                        "invalid `#[tchu::event]`",
+                    ))
+                }
+            }
+        }
+    });
+    let deserialize = (!has("Deserialize")).then(|| {
+        quote! {
+            #[automatically_derived]
+            impl<'de> #p::serde::Deserialize<'de> for #ident {
+                fn deserialize<D: #p::serde::Deserializer<'de>>(
+                    _: D,
+                ) -> #p::Result<Self, D::Error> {
+                    #p::Result::Err(<D::Error as #p::serde::de::Error>::custom(
+                        "invalid `#[tchu::event]`",
+                    ))
+                }
+            }
+        }
+    });
+    let validate = (!has("Validate")).then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #p::validator::Validate for #ident {
+                fn validate(&self) -> #p::Result<(), #p::validator::ValidationErrors> {
+                    #p::Result::Ok(())
+                }
+            }
+        }
+    });
+    let schema = (args.schema && !has("JsonSchema")).then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #p::schemars::JsonSchema for #ident {
+                fn schema_name() -> #p::Cow<'static, str> {
+                    #p::Cow::Borrowed(#ident_str)
+                }
+                fn json_schema(_: &mut #p::schemars::SchemaGenerator) -> #p::schemars::Schema {
+                    #p::schemars::Schema::default()
+                }
+            }
+        }
+    });
+    // A placeholder topic when it is missing or invalid: the error says so already.
+    let topic = match &args.topic {
+        Some(lit) => lit.to_token_stream(),
+        None => quote!(""),
+    };
+    let event_impls = event_impls(&ident, &topic, args);
+    let methods = methods(&ident, &vis, args);
+    quote! {
+        #item
+
+        const _: () = {
+            #serialize
+            #deserialize
+            #validate
+            #schema
+        };
+
+        #event_impls
+
+        #methods
+    }
+}
+
+/// The last path segments of the item's own `#[derive(...)]`s.
+fn user_derives(item: &Item) -> Vec<String> {
+    let attrs: &[syn::Attribute] = match item {
+        Item::Struct(s) => &s.attrs,
+        Item::Enum(e) => &e.attrs,
+        Item::Union(u) => &u.attrs,
+        _ => &[],
+    };
+    let mut out = Vec::new();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("derive")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if let Some(last) = meta.path.segments.last() {
+                out.push(last.ident.to_string());
+            }
+            Ok(())
+        });
+    }
+    out
+}
+
+/// Removes the helper attributes (`#[serde]`, `#[validate]`, `#[schemars]`) that `keep` says no
+/// derive will read.
+fn strip_attrs(attrs: &mut Vec<syn::Attribute>, keep: impl Fn(&str) -> bool) {
+    attrs.retain(|a| a.path().get_ident().is_none_or(|i| keep(&i.to_string())));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(haystack: &str, needle: &str) -> usize {
+        haystack.matches(needle).count()
+    }
+
+    #[test]
+    fn topic_check_once() {
+        let out = expand(
+            quote!(topic = "user.created"),
+            quote!(
+                pub struct UserCreated {
+                    pub email: String,
+                }
+            ),
+        )
+        .to_string();
+        assert_eq!(count(&out, "check_topic"), 1, "{out}");
+        assert_eq!(count(&out, "compile_error"), 0, "{out}");
+    }
+
+    #[test]
+    fn fallback_stands_in_for_the_derives() {
+        let out = expand(
+            quote!(topic = "user.created", respnse = String),
+            quote!(
+                #[derive(Debug)]
+                pub struct UserCreated {
+                    #[validate(email)]
+                    #[serde(rename = "mail")]
+                    #[doc = "kept"]
+                    pub email: String,
+                }
+            ),
+        )
+        .to_string();
+        assert_eq!(count(&out, "compile_error"), 1, "{out}");
+        // The helper attributes no derive reads are gone; the user's own attributes stay.
+        assert_eq!(count(&out, "# [validate"), 0, "{out}");
+        assert_eq!(count(&out, "# [serde"), 0, "{out}");
+        assert_eq!(count(&out, "# [doc = \"kept\"]"), 1, "{out}");
+        assert_eq!(count(&out, "# [derive (Debug)]"), 1, "{out}");
+        for stand_in in [
+            "serde :: Serialize for UserCreated",
+            "serde :: Deserialize < 'de > for UserCreated",
+            "validator :: Validate for UserCreated",
+            "schemars :: JsonSchema for UserCreated",
+            "Event for UserCreated",
+            "FromDelivery for UserCreated",
+            "async fn publish (",
+        ] {
+            assert_eq!(count(&out, stand_in), 1, "{stand_in}: {out}");
+        }
+        // Nothing is registered and no topic is checked for an invalid event.
+        assert_eq!(count(&out, "inventory"), 0, "{out}");
+        assert_eq!(count(&out, "check_topic"), 0, "{out}");
+    }
+
+    #[test]
+    fn fallback_keeps_what_the_user_derives() {
+        let out = expand(
+            quote!(topic = "user.created"),
+            quote!(
+                #[derive(serde::Serialize)]
+                pub struct UserCreated {
+                    #[serde(rename = "mail")]
+                    #[validate(email)]
+                    pub email: String,
+                }
+            ),
+        )
+        .to_string();
+        assert_eq!(count(&out, "compile_error"), 1, "{out}");
+        assert_eq!(count(&out, "# [serde (rename"), 1, "{out}");
+        assert_eq!(count(&out, "# [validate"), 0, "{out}");
+        assert_eq!(
+            count(&out, "serde :: Serialize for UserCreated"),
+            0,
+            "{out}"
+        );
+        assert_eq!(
+            count(&out, "Deserialize < 'de > for UserCreated"),
+            1,
+            "{out}"
+        );
+    }
 }

@@ -12,6 +12,7 @@ mod subscribe;
 
 /// Runs an expansion and, on error, emits the original item followed by the errors, so the
 /// item still exists for the rest of the crate (and for rust-analyzer) while the user fixes it.
+/// (`#[tchu::event]` has its own fallback, which also stands in for the derives it adds.)
 fn expand(
     item: TokenStream,
     f: impl FnOnce(proc_macro2::TokenStream) -> syn::Result<proc_macro2::TokenStream>,
@@ -119,10 +120,20 @@ fn expand(
 /// #[tchu::event(topic = "user.*")]
 /// pub struct UserAny {}
 /// ```
+///
+/// A field type that does not serialize is a compile error at the field (the message is
+/// serde's, so it is not snapshotted in tchu's UI tests):
+/// ```compile_fail
+/// pub struct Opaque;
+///
+/// #[tchu::event(topic = "user.created")]
+/// pub struct UserCreated {
+///     pub opaque: Opaque,
+/// }
+/// ```
 #[proc_macro_attribute]
 pub fn event(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let attr = proc_macro2::TokenStream::from(attr);
-    expand(item, |item| event::expand(attr, item))
+    event::expand(attr.into(), item.into()).into()
 }
 
 /// Registers an `async fn` as the handler of a topic pattern or of a typed event.
@@ -167,12 +178,16 @@ pub fn event(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///   `tchu::RetryPolicy::DEFAULT`'s values: `retries = 5`, `backoff = "exponential"` or
 ///   `"fixed"`, `delay = "1s"`, `max_delay = "10m"` (units `ms`, `s`, `m`, `h`), `jitter`
 ///   (or `jitter = false`).
+/// - `timeout = "30s"`: the longest one run may take (default: the service's
+///   `Config::handler_timeout`, 5 min); a run stopped at it is a failure that is retried.
 /// - `crate = "path"`: where `tchu` is, when it is re-exported (default `::tchu`).
 ///
 /// Each argument's type implements `tchu::FromDelivery`: an event type, `serde_json::Value`,
 /// `tchu::Meta`, `tchu::State<T>`, or your own extractor. The function returns `()`, a
 /// serializable value, or `Result<T, E>` with `E: Display`; `tchu::HandlerError::permanent`
-/// skips retries and `tchu::RpcError` goes back to an RPC caller.
+/// skips retries and `tchu::RpcError` goes back to an RPC caller. What counts as a `Result` is
+/// decided by the type, not its spelling: `io::Result<T>` and `type Res = Result<(), E>` fail
+/// with their `Err`, and a struct of your own named `Result` is a plain reply.
 ///
 /// Registration happens at link time: a handler in a library crate that nothing references is
 /// not linked. Reference the crate with `use my_handlers as _;`.
@@ -184,7 +199,10 @@ pub fn event(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///     Box::pin(async move {
 ///         let arg0 = <GetUser as tchu::FromDelivery>::from_delivery(&d)
 ///             .map_err(tchu::Failure::Rejected)?;
-///         let ret = get_user(arg0).await;
+///         let value = get_user(arg0).await;
+///         // `Result<T, E>` (by any name) as it is, any other value as `Ok::<_, Infallible>`:
+///         // chosen by the value's type (autoref specialisation), not by the written syntax
+///         let ret = (&value).__tchu_return_kind().into_result(value);
 ///         // (typed form) compile-time check: `ret` is `Result<UserReply, _>`
 ///         tchu::IntoOutcome::into_outcome(ret)
 ///     })

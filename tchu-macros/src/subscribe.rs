@@ -17,6 +17,7 @@ const KEYS: &[&str] = &[
     "delay",
     "max_delay",
     "jitter",
+    "timeout",
     "crate",
 ];
 
@@ -53,6 +54,8 @@ struct SubscribeArgs {
     name: Option<LitStr>,
     id: Option<LitStr>,
     retry: Retry,
+    /// `timeout = "30s"`, in milliseconds.
+    timeout: Option<u64>,
     krate: CratePath,
 }
 
@@ -136,6 +139,14 @@ fn parse_args(attr: TokenStream, errors: &mut Errors) -> SubscribeArgs {
                         let ms = parse_duration(&l)?;
                         args.retry.delay = Some(ms);
                         delay_lit = Some(l);
+                        Ok(())
+                    }),
+                    "timeout" => lit_str(&key, value).and_then(|l| {
+                        let ms = parse_duration(&l)?;
+                        if ms == 0 {
+                            return Err(syn::Error::new(l.span(), "`timeout` must be positive"));
+                        }
+                        args.timeout = Some(ms);
                         Ok(())
                     }),
                     "max_delay" => lit_str(&key, value).and_then(|l| {
@@ -263,9 +274,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             let ty = &pt.ty;
             let var = format_ident!("__tchu_arg{}", i);
             extracts.push(quote_spanned! {ty.span()=>
-                let #var = match #p::extracted(
-                    <#ty as #p::FromDelivery>::from_delivery(&*__tchu_delivery),
-                ) {
+                let #var = match <#ty as #p::HandlerArg>::extract(&*__tchu_delivery) {
                     #p::Result::Ok(v) => v,
                     #p::Result::Err(e) => return #p::Result::Err(e),
                 };
@@ -274,28 +283,25 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         }
     }
 
-    // The handler's value as a `Result`, spanned at the return type so type errors land there.
-    let (ret_span, result) = match &f.sig.output {
-        ReturnType::Default => (
-            fn_name.span(),
-            quote! {
-                #p::Result::<(), ::core::convert::Infallible>::Ok(
-                    #fn_name(#(#bindings),*).await,
-                )
-            },
-        ),
-        ReturnType::Type(_, ty) if is_result(ty) => (
-            ok_type(ty).map_or_else(|| ty.span(), Spanned::span),
-            quote! { #fn_name(#(#bindings),*).await },
-        ),
-        ReturnType::Type(_, ty) => (
-            ty.span(),
-            quote! {
-                #p::Result::<_, ::core::convert::Infallible>::Ok(
-                    #fn_name(#(#bindings),*).await,
-                )
-            },
-        ),
+    // The handler's return kind is decided by its type's traits, not by how it is spelled
+    // (`tchu::__private::ReturnsResult`/`ReturnsValue`, autoref specialisation): a `Result`
+    // under any alias fails with its `Err`, anything else is a success. The syntax only picks
+    // the span where type errors land: the success type of a written `Result<T, ..>`, else the
+    // whole return type.
+    let ret_span = match &f.sig.output {
+        ReturnType::Default => fn_name.span(),
+        ReturnType::Type(_, ty) if is_result(ty) => {
+            ok_type(ty).map_or_else(|| ty.span(), Spanned::span)
+        }
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+    let result = quote_spanned! {ret_span=>
+        {
+            #[allow(unused_imports, reason = "one of the two probes applies")]
+            use #p::{ReturnsResult as _, ReturnsValue as _};
+            let __tchu_value = #fn_name(#(#bindings),*).await;
+            (&__tchu_value).__tchu_return_kind().into_result(__tchu_value)
+        }
     };
     let reply_check = match source {
         Source::Event(path) => quote_spanned! {ret_span=>
@@ -340,6 +346,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         }
     });
 
+    let timeout = args
+        .timeout
+        .map(|ms| quote!(.with_timeout(#p::Duration::from_millis(#ms))));
+
     Ok(quote! {
         #f
 
@@ -359,7 +369,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
 
             #p::inventory::submit! {
-                #p::Subscription::new(#id, #name, #pattern, #wrapper) #retry #with_event
+                #p::Subscription::new(#id, #name, #pattern, #wrapper) #retry #timeout #with_event
             }
         };
     })
@@ -381,7 +391,8 @@ fn ok_type(ty: &Type) -> Option<&Type> {
     }
 }
 
-/// Whether a return type is syntactically a `Result` (`Result<..>`, `io::Result<..>`, ...).
+/// Whether a return type is spelled `Result<..>` (`io::Result<..>`, ...). Only picks where
+/// errors point; whether the handler returns a `Result` is decided by its type (see `expand`).
 fn is_result(ty: &Type) -> bool {
     match ty {
         Type::Path(tp) if tp.qself.is_none() => {

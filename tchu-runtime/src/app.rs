@@ -129,6 +129,13 @@ impl App {
         self
     }
 
+    /// Sets the longest one handler run may take (see [`Config::handler_timeout`]).
+    #[must_use]
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.config.handler_timeout = d;
+        self
+    }
+
     /// Sets the shutdown grace period.
     #[must_use]
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
@@ -231,6 +238,7 @@ impl App {
                         Box::pin(async move { fut.await.into_outcome() }) as BoxFuture
                     }),
                     retry: None,
+                    timeout: None,
                 });
             }
             Err(e) => self
@@ -303,6 +311,7 @@ impl App {
                 state: Arc::new(state),
                 limits: crate::wire::Limits::new(self.config.max_body, self.config.max_headers),
                 retry: self.config.retry,
+                handler_timeout: self.config.handler_timeout,
                 stats: Arc::clone(&stats),
                 retry_queues: Mutex::new(HashSet::new()),
             });
@@ -320,6 +329,7 @@ impl App {
         let health = HealthCheck {
             client: client.clone(),
             consuming,
+            stats: Arc::clone(&stats),
             has_consumer: task.is_some(),
         };
         let metrics = match self.config.metrics_addr {
@@ -392,6 +402,10 @@ pub struct Health {
     /// The consume loop holds a live consumer (false before start, while reconnecting, and
     /// from the moment a shutdown is requested).
     pub consuming: bool,
+    /// The broker refused the service's last retry or dead-letter copies several times in a
+    /// row (a deleted wait queue that cannot be declared again, a full disk): the deliveries
+    /// they were for are requeued with a growing delay until it accepts them again.
+    pub degraded: bool,
     has_consumer: bool,
 }
 
@@ -409,6 +423,7 @@ impl Health {
 pub struct HealthCheck {
     client: Client,
     consuming: Arc<AtomicBool>,
+    stats: Arc<Stats>,
     has_consumer: bool,
 }
 
@@ -418,6 +433,7 @@ impl HealthCheck {
         Health {
             connected: self.client.is_connected(),
             consuming: self.consuming.load(Ordering::Relaxed),
+            degraded: self.stats.is_degraded(),
             has_consumer: self.has_consumer,
         }
     }
@@ -574,7 +590,7 @@ async fn consume_loop(
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut inflight = JoinSet::new();
     let broker = dispatcher.client.broker().clone();
-    let batched = !matches!(broker, Broker::Memory(_));
+    let batched = true; // both brokers acknowledge with `multiple`
     let (mut settler, mut settler_task) = Settler::start(batched);
     // lapin's recovery may never complete: a connection down for longer than this is replaced.
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
@@ -610,12 +626,10 @@ async fn consume_loop(
         };
         match next {
             Some(Ok(d)) => {
-                let disp = Arc::clone(&dispatcher);
-                let seq = settler.next_seq();
-                let settle = settler.handle();
+                // The acker stays here, in the delivery's settle guard (see `dispatch`).
+                let work = dispatcher.accept(d, &mut settler);
                 inflight.spawn(async move {
-                    let (how, acker) = disp.handle(d).await;
-                    settle.settle(seq, how, acker);
+                    work.await;
                     drop(permit);
                 });
             }
@@ -648,7 +662,9 @@ async fn consume_loop(
                 down_since = None;
             }
         }
-        while inflight.try_join_next().is_some() {}
+        while let Some(done) = inflight.try_join_next() {
+            crate::dispatch::log_task_end(done);
+        }
     }
     consuming.store(false, Ordering::Relaxed);
     let drain = async { while inflight.join_next().await.is_some() {} };
@@ -657,6 +673,8 @@ async fn consume_loop(
             "in-flight handlers did not finish within the grace period; their deliveries return to the queue"
         );
         inflight.abort_all();
+        // Each aborted delivery's guard requeues it as its task is dropped.
+        while inflight.join_next().await.is_some() {}
     }
     // Let the settler send the last acks before the channel closes.
     drop(settler);

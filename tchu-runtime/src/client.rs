@@ -26,7 +26,7 @@ pub struct MessageId(String);
 
 impl MessageId {
     fn new() -> Self {
-        MessageId(uuid::Uuid::new_v4().to_string())
+        MessageId(wire::new_message_id())
     }
 
     /// The string form.
@@ -395,11 +395,15 @@ pub fn set_default(client: Client) -> Result<(), Client> {
     })
 }
 
-/// The default client, connecting from the environment on first use.
+/// The default client: inside a handler, the client of the app running it; elsewhere the
+/// process's default, connecting from the environment on first use.
 ///
 /// # Errors
 /// Bad settings or an unreachable broker.
 pub async fn default_client() -> Result<Client, Error> {
+    if let Some(c) = crate::dispatch::current_client() {
+        return Ok(c);
+    }
     DEFAULT.get_or_try_init(Client::from_env).await.cloned()
 }
 

@@ -27,6 +27,11 @@ pub const DEFAULT_MAX_HEADERS: usize = 64;
 /// Default RPC timeout, as in tchu-tchu.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default [`Config::handler_timeout`]: 5 minutes. Far above what an event handler should
+/// take, and far below RabbitMQ's `consumer_timeout` (30 minutes), after which the broker
+/// closes the channel and redelivers every delivery in flight on it, not just the stuck one.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = crate::handler::DEFAULT_HANDLER_TIMEOUT;
+
 /// Where the broker is. Displays and debugs without credentials.
 #[derive(Clone)]
 pub enum BrokerUrl {
@@ -225,6 +230,10 @@ pub struct Config {
     pub publish_timeout: Duration,
     /// Grace period for in-flight handlers at shutdown.
     pub shutdown_grace: Duration,
+    /// The longest one handler run may take (`TCHU_HANDLER_TIMEOUT`, default
+    /// [`DEFAULT_HANDLER_TIMEOUT`]); a run stopped at it is a failure that follows the retry
+    /// policy. Handlers with `timeout = "..."` keep theirs.
+    pub handler_timeout: Duration,
     /// Queue type of the service's queues.
     pub queue_type: QueueType,
     /// Service-wide retry policy for handlers without their own.
@@ -257,6 +266,7 @@ impl Config {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             publish_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             queue_type: QueueType::Classic,
             retry: RetryPolicy::DEFAULT,
             metrics_addr: None,
@@ -347,6 +357,13 @@ impl Config {
                 name: "TCHU_QUEUE_TYPE",
                 reason: e.to_string(),
             })?;
+        }
+        if let Ok(t) = std::env::var("TCHU_HANDLER_TIMEOUT") {
+            c.handler_timeout =
+                crate::handler::parse_timeout(&t).map_err(|reason| ConfigError::Env {
+                    name: "TCHU_HANDLER_TIMEOUT",
+                    reason,
+                })?;
         }
         c.tls = TlsConfig::from_env()?;
         Ok(c)

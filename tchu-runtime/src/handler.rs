@@ -271,12 +271,18 @@ pub enum Failure {
     Rejected(Rejection),
     /// It panicked.
     Panicked(String),
+    /// It ran longer than its timeout and was stopped (`timeout = "..."` on the handler, else
+    /// the service's [`Config::handler_timeout`](crate::Config::handler_timeout)).
+    TimedOut(std::time::Duration),
 }
 
 impl Failure {
     /// Whether a retry could help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Failure::Transient(_) | Failure::Panicked(_))
+        matches!(
+            self,
+            Failure::Transient(_) | Failure::Panicked(_) | Failure::TimedOut(_)
+        )
     }
 }
 
@@ -287,7 +293,36 @@ impl fmt::Display for Failure {
             Failure::Remote(e) => write!(f, "rpc error {e}"),
             Failure::Rejected(r) => write!(f, "rejected: {r}"),
             Failure::Panicked(m) => write!(f, "handler panicked: {m}"),
+            Failure::TimedOut(d) => write!(f, "handler timed out after {d:?}"),
         }
+    }
+}
+
+/// See [`crate::config::DEFAULT_HANDLER_TIMEOUT`].
+pub(crate) const DEFAULT_HANDLER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Parses a handler timeout: a positive whole number and a unit `ms`, `s`, `m` or `h`
+/// (`500ms`, `30s`, `5m`), as `timeout = "..."` on `#[tchu::subscribe]` takes it.
+pub(crate) fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "`{text}`: expected a positive whole number and a unit `ms`, `s`, `m` or `h`, e.g. `30s` or `5m`"
+        )
+    };
+    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(end);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(bad()),
+    };
+    match ms {
+        Some(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(bad()),
     }
 }
 
@@ -305,6 +340,8 @@ pub trait IntoOutcome {
     fn into_outcome(self) -> Outcome;
 }
 
+// (structure) `do_not_recommend`: an unmet bound reports `IntoOutcome`'s own message.
+#[diagnostic::do_not_recommend]
 impl<T: Serialize, E: fmt::Display + Send + 'static> IntoOutcome for Result<T, E> {
     fn into_outcome(self) -> Outcome {
         match self {
@@ -346,5 +383,41 @@ impl FromDelivery for crate::client::Client {
                 "no client in this delivery (a unit test?)",
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn handler_timeouts_parse_or_say_what_is_accepted() {
+        for (text, want) in [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            (" 5m ", Duration::from_secs(300)),
+            ("2h", Duration::from_secs(7_200)),
+        ] {
+            assert_eq!(parse_timeout(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "0s",
+            "30",
+            "1.5s",
+            "-1s",
+            "1d",
+            "s",
+            "99999999999999999999h",
+        ] {
+            let e = parse_timeout(bad).expect_err(bad);
+            assert!(
+                e.contains(&format!("`{bad}`")) && e.contains("`30s`"),
+                "{e}"
+            );
+        }
+        assert_eq!(DEFAULT_HANDLER_TIMEOUT, Duration::from_secs(300));
+        assert!(Failure::TimedOut(Duration::from_secs(1)).is_retryable());
     }
 }

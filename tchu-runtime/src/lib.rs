@@ -17,6 +17,7 @@ mod event;
 mod exporter;
 mod handler;
 pub mod message;
+mod probe;
 mod registry;
 mod retry;
 mod rpc;
@@ -37,12 +38,11 @@ pub use catalog::{
     CATALOG_FORMAT, Called, CatalogFile, Published, Served, ServiceInfo, Subscribed, asyncapi,
     fingerprint, handle_catalog_flags, service_info,
 };
-pub use client::{
-    Client, MessageId, call, call_event, default_client, publish, publish_event, set_default,
-};
+pub use client::{Client, MessageId, call, default_client, publish, set_default};
 pub use config::{
     BrokerUrl, ClientCert, Config, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DEFAULT_CONCURRENCY,
-    DEFAULT_EXCHANGE, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS, DEFAULT_PREFETCH, TlsConfig, redact,
+    DEFAULT_EXCHANGE, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADERS,
+    DEFAULT_PREFETCH, TlsConfig, redact,
 };
 pub use context::Context;
 pub use dead_letter::DeadLetter;
@@ -51,27 +51,39 @@ pub use error::{BrokerError, CallError, ConfigError, Error, PublishError, RpcErr
 pub use event::Event;
 pub use handler::{
     Delivery, Failure, FromDelivery, HandlerError, IntoOutcome, Meta, Outcome, Rejection,
-    RejectionKind, State, extract_event, extracted,
+    RejectionKind, State,
 };
-pub use registry::{
-    BoxFuture, EventInfo, HandlerEntry, HandlerFn, OptionalSchemaFn, ProbeJsonSchema,
-    ProbeNoSchema, Registry, SchemaFn, SchemaProbe, Subscription, object_schema, schema_of,
-};
+pub use registry::Subscription;
 pub use retry::{Backoff, RetryPolicy};
 pub use tail::TailedEvent;
-pub use topic::{Pattern, Topic, TopicError, TopicTrie, check_pattern, check_topic};
+pub use topic::{Pattern, Topic, TopicError};
 
-#[doc(hidden)]
-pub use inventory;
 /// The `schemars` crate, for `#[derive(tchu::JsonSchema)]` on types nested in events (add
 /// `#[schemars(crate = "tchu::schemars")]`).
 pub use schemars;
-#[doc(hidden)]
-pub use serde;
-#[doc(hidden)]
-pub use serde_json;
-#[doc(hidden)]
+/// The `validator` crate, for `#[derive(tchu::validator::Validate)]` on nested types.
 pub use validator;
+
+/// The plumbing that `#[tchu::event]` and `#[tchu::subscribe]` expand to (through
+/// `tchu::__private`), and the registry and matcher for the workspace's own tests and benches.
+/// Not public API: anything here may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::client::{call_event, publish_event};
+    pub use crate::handler::{extract_event, extracted};
+    pub use crate::probe::{
+        HandlerArg, ProbeJsonSchema, ProbeNoSchema, ReplyOf, ResultReturn, ReturnsResult,
+        ReturnsValue, SchemaProbe, ValueReturn, check_reply,
+    };
+    pub use crate::registry::{
+        BoxFuture, EventInfo, HandlerEntry, HandlerFn, OptionalSchemaFn, Registry, SchemaFn,
+        object_schema, schema_of,
+    };
+    pub use crate::topic::{TopicTrie, check_pattern, check_topic};
+    pub use inventory;
+    pub use serde;
+    pub use serde_json;
+}
 
 /// Header names tchu sets on retried and dead-lettered copies.
 pub mod headers {

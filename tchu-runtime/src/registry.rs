@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -32,6 +31,8 @@ pub struct Subscription {
     pub handler: HandlerFn,
     /// Per-handler retry settings, if any were given.
     pub retry: Option<RetryPolicy>,
+    /// Per-handler timeout, if one was given (`timeout = "30s"`).
+    pub timeout: Option<std::time::Duration>,
     /// For a typed handler (`#[tchu::subscribe(UserCreated)]`): the event type's name
     /// (`std::any::type_name`), so the catalog knows which schema the handler was compiled
     /// against. `None` for pattern handlers.
@@ -52,6 +53,7 @@ impl Subscription {
             pattern,
             handler,
             retry: None,
+            timeout: None,
             event_type: None,
         }
     }
@@ -65,6 +67,12 @@ impl Subscription {
     /// Sets a retry policy (used by the macro).
     pub const fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// Sets the handler's timeout (used by the macro).
+    pub const fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 }
@@ -132,61 +140,6 @@ pub fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "type": "object" })
 }
 
-/// Autoref specialization for the optional response schema: `(&&SchemaProbe::<T>::new())
-/// .response_schema(g)` is `Some` when `T: JsonSchema` ([`ProbeJsonSchema`]) and `None`
-/// otherwise ([`ProbeNoSchema`]). Works in the macro's output, where `T` is concrete.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct SchemaProbe<T: ?Sized>(PhantomData<T>);
-
-impl<T: ?Sized> SchemaProbe<T> {
-    /// A probe for `T`.
-    pub const fn new() -> Self {
-        SchemaProbe(PhantomData)
-    }
-}
-
-impl<T: ?Sized> Default for SchemaProbe<T> {
-    fn default() -> Self {
-        SchemaProbe::new()
-    }
-}
-
-/// The specialized half of [`SchemaProbe`]: the type has a schema.
-#[doc(hidden)]
-pub trait ProbeJsonSchema {
-    /// The schema.
-    fn response_schema(
-        &self,
-        generator: &mut schemars::SchemaGenerator,
-    ) -> Option<schemars::Schema>;
-}
-
-impl<T: schemars::JsonSchema + ?Sized> ProbeJsonSchema for &SchemaProbe<T> {
-    fn response_schema(
-        &self,
-        generator: &mut schemars::SchemaGenerator,
-    ) -> Option<schemars::Schema> {
-        Some(generator.subschema_for::<T>())
-    }
-}
-
-/// The fallback half of [`SchemaProbe`]: no schema.
-#[doc(hidden)]
-pub trait ProbeNoSchema {
-    /// `None`.
-    fn response_schema(
-        &self,
-        generator: &mut schemars::SchemaGenerator,
-    ) -> Option<schemars::Schema>;
-}
-
-impl<T: ?Sized> ProbeNoSchema for SchemaProbe<T> {
-    fn response_schema(&self, _: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
-        None
-    }
-}
-
 /// A handler as the dispatcher holds it: static or added at run time.
 #[derive(Clone)]
 pub struct HandlerEntry {
@@ -200,6 +153,8 @@ pub struct HandlerEntry {
     pub handler: Arc<dyn Fn(Arc<Delivery>) -> BoxFuture + Send + Sync>,
     /// Per-handler retry policy.
     pub retry: Option<RetryPolicy>,
+    /// Per-handler timeout (else the service's).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for HandlerEntry {
@@ -273,6 +228,7 @@ impl Registry {
                     pattern,
                     handler: Arc::new(f),
                     retry: s.retry,
+                    timeout: s.timeout,
                 })
             })
             .collect()

@@ -58,9 +58,8 @@ pub struct ParseTraceError(());
 
 fn random_u64() -> u64 {
     loop {
-        // Both halves of a v4 UUID are random (but for the version bits, which do not matter).
-        let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
-        let id = hi ^ lo;
+        // A per-thread fast generator: ids must be unique, not secret.
+        let id = fastrand::u64(..);
         if id != 0 {
             return id;
         }
@@ -69,7 +68,7 @@ fn random_u64() -> u64 {
 
 fn random_u128() -> u128 {
     loop {
-        let id = uuid::Uuid::new_v4().as_u128();
+        let id = fastrand::u128(..);
         if id != 0 {
             return id;
         }

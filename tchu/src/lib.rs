@@ -48,42 +48,25 @@ pub use tchu_runtime::schemars;
 /// The `JsonSchema` trait and derive of [`schemars`], for types nested in events.
 pub use tchu_runtime::schemars::JsonSchema;
 
-/// What generated code refers to. Not public API.
+/// What generated code refers to. Not public API: anything here may change in any release.
 #[doc(hidden)]
 pub mod __private {
     pub use core::{future::Future, option::Option, pin::Pin, result::Result, time::Duration};
+    pub use std::borrow::Cow;
     pub use std::boxed::Box;
     pub use std::sync::Arc;
-    pub use tchu_runtime::{
-        Backoff, BoxFuture, Delivery, Event, Failure, FromDelivery, HandlerFn, IntoOutcome,
-        MessageId, Rejection, RetryPolicy, Subscription, call_event, check_pattern, check_topic,
-        extract_event, extracted, inventory, publish_event, serde, serde_json, validator,
+    pub use tchu_runtime::__private::{
+        BoxFuture, EventInfo, HandlerArg, HandlerFn, ProbeJsonSchema, ProbeNoSchema, ReplyOf,
+        ReturnsResult, ReturnsValue, SchemaProbe, call_event, check_pattern, check_reply,
+        check_topic, extract_event, extracted, inventory, object_schema, publish_event, schema_of,
+        serde, serde_json,
     };
-    pub use tchu_runtime::{CallError, Client, PublishError};
     pub use tchu_runtime::{
-        EventInfo, ProbeJsonSchema, ProbeNoSchema, SchemaProbe, object_schema, schema_of, schemars,
+        Backoff, CallError, Client, Delivery, Event, Failure, FromDelivery, IntoOutcome, MessageId,
+        PublishError, Rejection, RetryPolicy, Subscription, schemars, validator,
     };
-    /// For tests of the link-time registry.
-    pub use tchu_runtime::{Outcome, Registry, TopicTrie};
 
-    /// The compile-time check that a handler of `Req` returns `Req::Response`: `Self` is the
-    /// handler's success type and `Resp` the response type it must be.
-    #[diagnostic::on_unimplemented(
-        message = "a handler of `{Req}` must return `{Resp}` or `Result<{Resp}, E>`, not `{Self}`",
-        label = "expected `{Resp}` here",
-        note = "`{Resp}` is the `response = ...` type of `#[tchu::event]` on `{Req}` (`()` when it has none)"
-    )]
-    pub trait ReplyOf<Req, Resp> {}
-
-    #[diagnostic::do_not_recommend]
-    impl<Req, T> ReplyOf<Req, T> for T {}
-
-    /// Compiles only when the handler's success type is `Req::Response`.
-    #[inline(always)]
-    pub fn check_reply<Req, T, E>(_: &Result<T, E>)
-    where
-        Req: Event,
-        T: ReplyOf<Req, <Req as Event>::Response>,
-    {
-    }
+    // For the workspace's own tests of the link-time registry and the matcher.
+    pub use tchu_runtime::__private::{HandlerEntry, Registry, TopicTrie};
+    pub use tchu_runtime::Outcome;
 }

@@ -1,6 +1,7 @@
 //! An in-process broker with RabbitMQ's semantics for what tchu uses: topic exchanges,
-//! durable queues, competing consumers with prefetch, acks and requeue, basic.get, mandatory
-//! publish returns, dead-lettering (rejects and TTL expiry) and direct reply-to.
+//! durable queues, competing consumers with prefetch, acks (also `multiple`) and requeue,
+//! basic.get, mandatory publish returns, dead-lettering (rejects and TTL expiry) and direct
+//! reply-to.
 //!
 //! All state lives behind one `std::sync::Mutex` shared by the clones of [`MemoryBroker`]; the
 //! lock is never held across an `.await`. Consumers pull from their queue and sleep on a
@@ -594,6 +595,30 @@ impl State {
         Ok(())
     }
 
+    /// Acks delivery `tag` and every earlier unsettled delivery of the same consumer
+    /// (`basic.ack` with `multiple`).
+    fn ack_multiple(&mut self, queue: &str, uid: u64, tag: u64) -> Result<(), BrokerError> {
+        let Some(q) = self.queue_mut(queue, uid) else {
+            return Ok(());
+        };
+        let Some(consumer) = q.unacked.get(&tag).map(|u| u.consumer) else {
+            return Err(BrokerError::new(format!(
+                "unknown delivery tag {tag} on queue '{queue}' (already settled, or its consumer \
+                 was dropped)"
+            )));
+        };
+        let tags: Vec<u64> = q
+            .unacked
+            .range(..=tag)
+            .filter(|(_, u)| u.consumer == consumer)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tags {
+            self.settle(queue, uid, t, Settle::Ack)?;
+        }
+        Ok(())
+    }
+
     /// Removes a consumer; its unacked messages go back to the head of the queue in their
     /// original order, marked redelivered.
     fn remove_queue(&mut self, q: &str) {
@@ -831,6 +856,11 @@ impl MemoryAcker {
     /// Acknowledges: the message leaves the queue.
     pub(crate) fn ack(&self) -> Result<(), BrokerError> {
         lock(&self.state).settle(&self.queue, self.uid, self.tag, Settle::Ack)
+    }
+
+    /// Acknowledges this delivery and every earlier unsettled one of its consumer.
+    pub(crate) fn ack_multiple(&self) -> Result<(), BrokerError> {
+        lock(&self.state).ack_multiple(&self.queue, self.uid, self.tag)
     }
 
     /// Rejects: back to the head of the queue (`requeue`, redelivered next time), or dropped,
@@ -1078,6 +1108,45 @@ mod tests {
         let d3 = next(&mut all).await;
         let d4 = next(&mut all).await;
         assert_eq!((body(&d3), body(&d4)), ("3", "4"));
+    }
+
+    /// `multiple` acks this delivery and the earlier unsettled ones of the same consumer only,
+    /// skipping ones already settled (as RabbitMQ does), and not another consumer's.
+    #[tokio::test]
+    async fn multiple_ack_covers_earlier_deliveries_of_its_consumer() {
+        let b = MemoryBroker::new();
+        queue(&b, "q");
+        for i in 0..6 {
+            b.publish("", &msg("q", &i.to_string()), false).unwrap();
+        }
+        let mut c = b.consume("q", 0).unwrap();
+        let mut other = b.consume("q", 0).unwrap();
+        let d0 = next(&mut c).await;
+        let o1 = next(&mut other).await;
+        let d2 = next(&mut c).await;
+        let d3 = next(&mut c).await;
+        let d4 = next(&mut c).await;
+        ack(&d2); // already settled: skipped by the multiple ack below
+        match &d3.acker {
+            Acker::Memory(a) => a.ack_multiple().unwrap(),
+            Acker::Amqp(_) => unreachable!(),
+        }
+        // d0 and d3 are gone; the other consumer's o1 and the later d4 are still unacked.
+        match &d0.acker {
+            Acker::Memory(a) => assert!(a.ack().is_err(), "d0 was covered"),
+            Acker::Amqp(_) => unreachable!(),
+        }
+        ack(&o1);
+        ack(&d4);
+        let d5 = next(&mut c).await;
+        assert_eq!(body(&d5), "5");
+        ack(&d5);
+        drop((c, other));
+        assert_eq!(
+            b.queue_len("q").unwrap(),
+            0,
+            "nothing returned to the queue"
+        );
     }
 
     #[tokio::test]

@@ -131,10 +131,11 @@ impl Acker {
 
     /// Acknowledges and waits until the frame is written, so that acks sent one after the
     /// other reach the broker in that order; `multiple` also acks every earlier unsettled
-    /// delivery of the same consumer (AMQP only; the memory broker acks this one).
+    /// delivery of the same consumer.
     pub(crate) async fn ack_in_order(&self, multiple: bool) -> Result<(), BrokerError> {
         match self {
             Acker::Amqp(a) => a.ack_in_order(multiple).await,
+            Acker::Memory(a) if multiple => a.ack_multiple(),
             Acker::Memory(a) => a.ack(),
         }
     }

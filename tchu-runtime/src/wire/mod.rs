@@ -187,6 +187,17 @@ pub fn stamp_schema(msg: &mut Message, fingerprint: Option<&str>) {
     }
 }
 
+/// A new message (task) id: a random UUID v4 in its hyphenated text form, as Celery's task ids
+/// are. The bits come from a per-thread fast generator (`fastrand`, seeded once per thread
+/// from the standard library's random hasher keys), not a system call per id: ids must be
+/// unique, not secret.
+pub fn new_message_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
 /// Encodes an event or request for publishing in `format`. `event_json` is the serialized
 /// event (a JSON object for typed events). Properties other than the format's own (persistence,
 /// expiration, reply address) are set by the caller.
@@ -266,6 +277,16 @@ mod tests {
             decode(&native_event(0), Limits::new(usize::MAX, base - 1)),
             Err(DecodeError::TooManyHeaders { .. })
         ));
+    }
+
+    #[test]
+    fn message_ids_are_v4_uuids_and_differ() {
+        let a = new_message_id();
+        let b = new_message_id();
+        assert_ne!(a, b);
+        let u = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+        assert_eq!(a.len(), 36);
     }
 
     #[test]

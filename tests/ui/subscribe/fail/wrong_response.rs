@@ -18,4 +18,11 @@ async fn get_user_plain(_req: GetUser) -> u32 {
     1
 }
 
+type Res = Result<String, tchu::RpcError>;
+
+#[tchu::subscribe(GetUser, id = "aliased")]
+async fn get_user_aliased(_req: GetUser) -> Res {
+    Ok(String::new())
+}
+
 fn main() {}
