@@ -1,11 +1,10 @@
 //! The service: [`App`] collects handlers (link-time and run-time), declares the topology and
 //! runs the dispatcher until SIGINT/SIGTERM (or [`Running::shutdown`]).
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
@@ -313,7 +312,6 @@ impl App {
                 retry: self.config.retry,
                 handler_timeout: self.config.handler_timeout,
                 stats: Arc::clone(&stats),
-                retry_queues: Mutex::new(HashSet::new()),
             });
             consuming.store(true, Ordering::Relaxed);
             task = Some(tokio::spawn(consume_loop(

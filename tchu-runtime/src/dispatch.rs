@@ -11,11 +11,11 @@
 //! copies, and how to settle). The acker never comes here: it stays in the delivery's
 //! [`SettleGuard`](crate::ack::SettleGuard), where the delivery was received.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
@@ -144,7 +144,6 @@ pub(crate) struct Dispatcher {
     /// The longest a handler may run (handlers with their own `timeout` keep theirs).
     pub(crate) handler_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) retry_queues: Mutex<HashSet<u64>>,
 }
 
 fn now_ms() -> i64 {
@@ -721,7 +720,10 @@ impl Dispatcher {
     }
 
     /// Publishes a copy with `mandatory`; `Ok(false)` when the broker returned it (routed to
-    /// no queue: the target queue is gone).
+    /// no queue: the target queue is gone). Caveat: lapin 4.12.3 hands a returned message to
+    /// whichever confirm of the channel completes next (`acknowledgement.rs`, in `HashMap` order
+    /// under a `multiple` confirm), so with several publishes in flight a return can be
+    /// reported on another publish; retry copies therefore declare their queue first.
     async fn forward(&self, msg: &Message, what: &str) -> Result<bool, BrokerError> {
         match self.broker().publish("", msg, true).await? {
             Confirm::Ack => Ok(true),
@@ -825,20 +827,13 @@ impl Dispatcher {
         first_failure: i64,
     ) -> Result<(), BrokerError> {
         let delay_ms = r.delay_ms;
-        let known = self
-            .retry_queues
-            .lock()
-            .map(|s| s.contains(&delay_ms))
-            .unwrap_or(false);
-        if !known {
-            self.broker()
-                .declare_queue(&self.wait_queue_spec(delay_ms))
-                .await
-                .map_err(|e| e.for_service(&self.queue))?;
-            if let Ok(mut s) = self.retry_queues.lock() {
-                s.insert(delay_ms);
-            }
-        }
+        // Declared before every copy (idempotent), not once per process: a wait queue deleted
+        // meanwhile would make the copy unroutable, and lapin 4.12 does not always report that
+        // `Returned` to the right publish when several are in flight (see `forward`).
+        self.broker()
+            .declare_queue(&self.wait_queue_spec(delay_ms))
+            .await
+            .map_err(|e| e.for_service(&self.queue))?;
         let mut msg = original.clone();
         let h = &mut msg.properties.headers;
         h.insert(
