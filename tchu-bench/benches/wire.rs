@@ -1,5 +1,5 @@
 //! Wire encode and decode of a ~100-byte event in both formats.
-#![allow(missing_docs, clippy::unwrap_used)]
+#![expect(clippy::unwrap_used, reason = "a benchmark of known-good inputs")]
 
 use std::hint::black_box;
 use std::time::Duration;

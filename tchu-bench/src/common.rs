@@ -146,15 +146,8 @@ pub(crate) fn quantile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
     let idx = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    #[allow(clippy::cast_precision_loss)]
-    let v = sorted[idx] as f64;
-    v
+    sorted[idx] as f64
 }
 
 /// p50, p95, p99 of latencies in ns, as milliseconds.
@@ -165,7 +158,6 @@ pub(crate) fn percentiles_ms(mut ns: Vec<u64>) -> [f64; 3] {
 
 /// Rate per second.
 pub(crate) fn per_sec(n: usize, d: Duration) -> f64 {
-    #[allow(clippy::cast_precision_loss)]
     let n = n as f64;
     n / d.as_secs_f64()
 }

@@ -13,7 +13,11 @@
 //! `smoke` runs tchu-tchu once, tiny, on one worker, `tchutchu` runs only tchu-tchu (writes to
 //! `benchmarks/tchutchu/` unless `--out`). The broker is `TCHU_BENCH_URL` (default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool: its output is the report"
+)]
 
 mod common;
 mod raw;

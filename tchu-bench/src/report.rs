@@ -408,7 +408,6 @@ fn panel(
     }
     let max = vals.iter().copied().fold(0.0, f64::max).max(1e-3);
     let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
-    #[allow(clippy::cast_precision_loss)]
     let n = groups.len() as f64;
     let mut builder = ChartBuilder::on(area);
     builder
@@ -416,14 +415,12 @@ fn panel(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60);
-    #[allow(clippy::cast_precision_loss)]
     let bar_w = 0.8 / sides.len().max(1) as f64;
     let labels = |chart_y: f64| -> Vec<(f64, f64, &str)> {
         groups
             .iter()
             .enumerate()
             .map(|(i, (_, name))| {
-                #[allow(clippy::cast_precision_loss)]
                 let x = i as f64 + 0.5;
                 (x, chart_y, *name)
             })
@@ -445,7 +442,6 @@ fn panel(
                 .enumerate()
                 .filter_map(|(i, (k, _))| {
                     let v = value(k, *side)?;
-                    #[allow(clippy::cast_precision_loss)]
                     let x0 = i as f64 + 0.1 + bar_w * si as f64;
                     Some(Rectangle::new(
                         [(x0, lo), (x0 + bar_w, v)],
@@ -487,7 +483,6 @@ fn panel(
                 .enumerate()
                 .filter_map(|(i, (k, _))| {
                     let v = value(k, *side)?;
-                    #[allow(clippy::cast_precision_loss)]
                     let x0 = i as f64 + 0.1 + bar_w * si as f64;
                     Some(Rectangle::new(
                         [(x0, 0.0), (x0 + bar_w, v)],

@@ -311,7 +311,6 @@ pub(crate) async fn child_service(side: Side, exchange: &str, prefix: &str, n: u
 pub(crate) async fn memory(side: Side, s: &Sizes) -> Res<Measured> {
     let idle = run_child(side, 0).await?.0;
     let peak = run_child(side, s.peak).await?.1;
-    #[allow(clippy::cast_precision_loss)]
     Ok(vec![
         ("rss_idle", idle as f64 / 1024.0),
         ("rss_peak", peak as f64 / 1024.0),

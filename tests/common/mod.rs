@@ -1,6 +1,13 @@
 //! Helpers shared by the integration tests: unique names per test, clients on the real broker,
 //! bounded waits, clean-up.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    reason = "each test binary includes this module and uses a different part of it"
+)]
+#![expect(
+    unreachable_pub,
+    reason = "`pub` is how the test files reach these helpers"
+)]
 
 use std::time::Duration;
 

@@ -12,7 +12,11 @@
 //! Everything runs on one current-thread tokio runtime with the in-memory broker, so a run is
 //! deterministic. Nothing listens: no tracing subscriber, no metrics recorder (the production
 //! default).
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool: its output is the report"
+)]
 
 use std::alloc::System;
 use std::sync::Arc;
