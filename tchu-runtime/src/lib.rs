@@ -42,6 +42,11 @@ pub mod wire;
 pub use app::{App, Running, run};
 pub use broker::memory::MemoryBroker;
 pub use catalog::{Catalog, EventEntry, SubscriptionEntry, catalog};
+// Contracts: catalog files, `--catalog`/`--asyncapi`, schema fingerprints.
+pub use catalog::{
+    CATALOG_FORMAT, Called, CatalogFile, Published, Served, ServiceInfo, Subscribed, asyncapi,
+    fingerprint, handle_catalog_flags, service_info,
+};
 pub use client::{Client, MessageId, call, connect, default_client, publish, set_default};
 pub use config::{Config, MAX_SERVICE_BYTES};
 pub use context::Context;

@@ -22,6 +22,11 @@ pub use tchu_runtime::{IntoOutcome, MAX_SERVICE_BYTES, Outcome, Subscription, co
 pub mod message {
     pub use tchu_runtime::message::{HeaderValue, Headers, Message, Properties};
 }
+// Contracts: catalog files (`tchu lint`/`diff`/`map`), `--catalog`/`--asyncapi`, fingerprints.
+pub use tchu_runtime::{
+    CATALOG_FORMAT, Called, CatalogFile, Published, Served, ServiceInfo, Subscribed, asyncapi,
+    catalog_flags, fingerprint, handle_catalog_flags,
+};
 
 pub use tchu_runtime::headers;
 pub use tchu_runtime::telemetry;
