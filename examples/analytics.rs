@@ -2,12 +2,9 @@
 //!
 //! ```sh
 //! cargo run --example analytics
-//! cargo run --example analytics -- --catalog    # its events and subscriptions as JSON, then exit
+//! cargo run --example analytics -- --catalog    # its catalog file (tchu lint/diff/map), then exit
 //! cargo run --example analytics -- --asyncapi   # its AsyncAPI 3.0 document, then exit
 //! ```
-
-#[path = "fleet/describe.rs"]
-mod describe;
 
 #[tchu::subscribe("#")]
 async fn record(event: serde_json::Value, meta: tchu::Meta) {
@@ -16,9 +13,7 @@ async fn record(event: serde_json::Value, meta: tchu::Meta) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if describe::describe_if_asked("analytics")? {
-        return Ok(());
-    }
+    tchu::catalog_flags!();
     tracing_subscriber::fmt().with_env_filter("info").init();
     Ok(tchu::run().await?)
 }

@@ -2,13 +2,10 @@
 //!
 //! ```sh
 //! cargo run --example notifications
-//! cargo run --example notifications -- --catalog    # its events and subscriptions as JSON, then exit
+//! cargo run --example notifications -- --catalog    # its catalog file (tchu lint/diff/map), then exit
 //! cargo run --example notifications -- --asyncapi   # its AsyncAPI 3.0 document, then exit
 //! ```
 //! The service (and queue) name defaults to the executable's name, `notifications`.
-
-#[path = "fleet/describe.rs"]
-mod describe;
 
 #[path = "fleet/events.rs"]
 mod events;
@@ -26,9 +23,8 @@ async fn send_welcome(event: UserCreated, meta: tchu::Meta) -> Result<(), std::i
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if describe::describe_if_asked("notifications")? {
-        return Ok(());
-    }
+    // It links the fleet's events but publishes none of them.
+    tchu::catalog_flags!(publishes = []);
     tracing_subscriber::fmt().with_env_filter("info").init();
     Ok(tchu::run().await?)
 }

@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! cargo run --example rpc
+//! cargo run --example rpc -- --catalog    # its catalog file, then exit
 //! ```
 //! The caller gets a typed reply, a typed business error, a local validation error and a
 //! no-route error, each as its own `CallError` variant.
@@ -36,6 +37,8 @@ async fn validate(req: ValidateUser) -> Result<ValidateReply, RpcError> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // It also calls what it serves.
+    tchu::catalog_flags!(publishes = [ValidateUser]);
     let responder = tchu::App::from_env()?
         .service("rpc-example")
         .start()

@@ -3,6 +3,7 @@
 //!
 //! ```sh
 //! TCHU_SERVICE=users cargo run --example users
+//! cargo run --example users -- --catalog    # its catalog file, then exit
 //! ```
 //! Run `notifications` and `analytics` beside it to see the broadcast. Ctrl-C stops it.
 
@@ -19,6 +20,8 @@ async fn on_user_deleted(event: UserDeleted) -> Result<(), std::io::Error> {
 
 #[tokio::main]
 async fn main() -> Result<(), tchu::Error> {
+    // `--catalog` / `--asyncapi`; users also receives `user.deleted`, so it names what it sends.
+    tchu::catalog_flags!(publishes = [UserCreated, UserDeleted]);
     tracing_subscriber::fmt().with_env_filter("info").init();
     let app = tchu::App::from_env()?.service("users");
     let running = app.start().await?;

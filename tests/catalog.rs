@@ -3,9 +3,9 @@
 //! needed: `cargo test -p tchu --test catalog`. Assertions name this file's items, never the
 //! registry's size.
 //!
-//! The document is checked structurally here (required keys, `$ref`s that resolve). It was
-//! also checked against the official AsyncAPI 3.0.0 JSON Schema (npm `@asyncapi/specs`) by
-//! hand: `TCHU_ASYNCAPI_OUT=doc.json` writes the document (see `docs/cli.md`).
+//! The document is checked structurally here (required keys, `$ref`s that resolve);
+//! `.ci/contracts.sh` also runs the official parser (`@asyncapi/parser`, tests/asyncapi/) on it,
+//! which must report no error and no warning: `TCHU_ASYNCAPI_OUT=doc.json` writes it.
 
 use serde_json::Value;
 
@@ -163,7 +163,21 @@ fn catalog_lists_events_and_subscriptions() {
 
 #[test]
 fn asyncapi_document() {
-    let text = serde_json::to_string_pretty(&tchu::catalog().asyncapi("orders")).unwrap();
+    let mut info = tchu::ServiceInfo::new("orders");
+    info.version = Some("1.2.3".into());
+    info.publishes = Some(
+        [
+            std::any::type_name::<OrderPlaced>(),
+            std::any::type_name::<Legacy>(),
+            std::any::type_name::<ListOrders>(),
+            std::any::type_name::<CountOrders>(),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    );
+    let file = tchu::catalog().file(&info);
+    let doc = tchu::asyncapi::document(&file, &tchu::asyncapi::Deployment::default());
+    let text = serde_json::to_string_pretty(&doc).unwrap();
     let doc: Value = serde_json::from_str(&text).expect("valid JSON");
     // To validate it with other tools: `TCHU_ASYNCAPI_OUT=/tmp/doc.json cargo test ...`.
     if let Some(path) = std::env::var_os("TCHU_ASYNCAPI_OUT") {
@@ -232,11 +246,34 @@ fn asyncapi_document() {
         assert_eq!(m["name"], e);
         assert_eq!(m["contentType"], "application/json");
     }
+    // Declared as published; requests without a handler here are called.
     assert!(op_on("send", "catalog_test.order.placed"));
-    assert!(op_on("send", "catalog_test.order.get"));
+    assert!(op_on("send", "catalog_test.order.count"));
     assert!(op_on("send", "catalog_test.legacy"));
-    assert!(op_on("receive", "catalog_test.order.placed"));
-    assert!(op_on("receive", "catalog_test.order.*"));
+    // Subscriptions and served requests receive from the service's queue, bound with their
+    // patterns (an `x-` extension: AsyncAPI has no binding patterns).
+    assert!(op_on("receive", "orders"));
+    let queue = &doc["channels"]["queue.orders"];
+    assert_eq!(queue["bindings"]["amqp"]["is"], "queue");
+    assert_eq!(queue["bindings"]["amqp"]["queue"]["durable"], true);
+    assert_eq!(
+        queue["x-tchu-binding-patterns"],
+        serde_json::json!([
+            "catalog_test.order.*",
+            "catalog_test.order.get",
+            "catalog_test.order.placed"
+        ])
+    );
+    assert_eq!(queue["x-tchu-dead-letter-queue"], "orders.dlq");
+    assert_eq!(
+        queue["x-tchu-retry-queues"]["pattern"],
+        "orders.retry.<delay>ms"
+    );
+    let placed = &doc["channels"]["catalog_test.order.placed"];
+    assert_eq!(placed["bindings"]["amqp"]["is"], "routingKey");
+    assert_eq!(placed["bindings"]["amqp"]["exchange"]["type"], "topic");
+    assert_eq!(doc["servers"]["rabbitmq"]["protocol"], "amqp");
+    assert_eq!(doc["info"]["version"], "1.2.3");
     assert_eq!(
         doc["components"]["messages"]["OrderPlaced"]["payload"]["$ref"],
         "#/components/schemas/OrderPlaced"
@@ -246,11 +283,61 @@ fn asyncapi_document() {
     let audit = &ops["receive.catalog_test_audit"];
     assert_eq!(audit["messages"].as_array().unwrap().len(), 4);
     // The RPC handler declares its reply.
-    let get = &ops["receive.catalog__get_order"];
+    let get = &ops["serve.catalog__get_order"];
     let reply = resolve(&doc, get["reply"]["channel"]["$ref"].as_str().unwrap());
     assert!(reply["address"].is_null());
     assert_eq!(
         doc["components"]["messages"]["GetOrder.reply"]["payload"]["$ref"],
         "#/components/schemas/OrderReply"
+    );
+}
+
+#[test]
+fn catalog_file_of_this_binary() {
+    let file = tchu::catalog().file(&tchu::ServiceInfo::new("orders"));
+    assert_eq!(file.tchu_catalog, tchu::CATALOG_FORMAT);
+    // OrderPlaced has a typed handler here, so by default it is received, not published.
+    let published: Vec<&str> = file.publishes.iter().map(|p| p.topic.as_str()).collect();
+    assert!(published.contains(&"catalog_test.legacy"), "{published:?}");
+    assert!(!published.contains(&"catalog_test.order.placed"));
+    let ship = file
+        .subscribes
+        .iter()
+        .find(|s| s.id == "catalog::ship")
+        .expect("ship");
+    assert_eq!(ship.event.as_deref(), Some("catalog::OrderPlaced"));
+    assert_eq!(
+        ship.schema,
+        Some(serde_json::json!({ "$ref": "#/components/schemas/OrderPlaced" }))
+    );
+    let audit = file
+        .subscribes
+        .iter()
+        .find(|s| s.id == "catalog_test_audit")
+        .expect("audit");
+    assert_eq!(
+        (audit.event.as_deref(), audit.schema.as_ref()),
+        (None, None)
+    );
+    let served = file
+        .serves
+        .iter()
+        .find(|s| s.topic == "catalog_test.order.get")
+        .expect("served");
+    assert_eq!(served.handler, "catalog::get_order");
+    assert_eq!(served.reply.as_deref(), Some("OrderReply"));
+    let called: Vec<&str> = file.calls.iter().map(|c| c.topic.as_str()).collect();
+    assert!(called.contains(&"catalog_test.order.count"), "{called:?}");
+    assert!(called.contains(&"catalog_test.order.list"));
+    assert!(!called.contains(&"catalog_test.order.get"));
+    // Fingerprints: the file's and the wire's are the same.
+    let legacy = file
+        .publishes
+        .iter()
+        .find(|p| p.topic == "catalog_test.legacy")
+        .expect("legacy");
+    assert_eq!(
+        legacy.fingerprint.as_deref(),
+        tchu::fingerprint::of::<Legacy>()
     );
 }

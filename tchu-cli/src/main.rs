@@ -9,6 +9,8 @@
 //! tchu dlq list notifications
 //! ```
 
+mod contracts;
+mod outbox;
 mod print;
 
 use std::error::Error;
@@ -83,10 +85,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check contracts across catalog files (`my-service --catalog`): unmatched or
+    /// incompatible subscriptions, conflicting schemas, RPC responders. Exit 1 on errors.
+    Lint {
+        /// Catalog files, or directories of them.
+        #[arg(required = true, value_name = "CATALOG")]
+        catalogs: Vec<std::path::PathBuf>,
+        /// One JSON report instead of the readable form.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Breaking changes between two versions of one service's catalog. Exit 1 on breaking.
+    Diff {
+        /// The catalog file of the deployed version.
+        old: std::path::PathBuf,
+        /// The catalog file of the new version.
+        new: std::path::PathBuf,
+        /// One JSON report instead of the readable form.
+        #[arg(long)]
+        json: bool,
+        /// Exit 0 even when something breaks (still reported).
+        #[arg(long)]
+        allow_breaking: bool,
+    },
+    /// Draw the fleet as a self-contained HTML page with an SVG.
+    Map {
+        /// Catalog files, or directories of them.
+        #[arg(required = true, value_name = "CATALOG")]
+        catalogs: Vec<std::path::PathBuf>,
+        /// Where to write the page [default: stdout].
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
     /// Dead letters of a service (its `<service>.dlq` queue).
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// The transactional outbox on PostgreSQL: migrate, status, relay, replay.
+    Outbox {
+        /// PostgreSQL URL [default: $TCHU_DATABASE_URL, then $DATABASE_URL]
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
     },
 }
 
@@ -192,6 +237,17 @@ fn parse_json(json: &str) -> Result<serde_json::Value, BoxError> {
 }
 
 async fn run(cli: &Cli) -> Result<ExitCode, BoxError> {
+    if let Some(code) = contracts::command(&cli.command)? {
+        return Ok(code); // lint, diff, map: files only, no broker.
+    }
+    // Outbox commands need the database (and the broker only to relay): outbox.rs.
+    if let Command::Outbox {
+        database_url,
+        command,
+    } = &cli.command
+    {
+        return outbox::run(cli, database_url.as_deref(), command).await;
+    }
     let client = connect(cli).await?;
     let code = command(cli, &client).await;
     // Closed on every path: a connection still open when the runtime shuts down makes lapin's
@@ -227,6 +283,8 @@ async fn command(cli: &Cli, client: &Client) -> Result<ExitCode, BoxError> {
             json,
         } => tail(client, pattern, *count, *json).await?,
         Command::Dlq { command } => dlq(client, command).await?,
+        Command::Outbox { .. } => ExitCode::SUCCESS, // handled in `run`
+        Command::Lint { .. } | Command::Diff { .. } | Command::Map { .. } => ExitCode::SUCCESS,
     };
     Ok(code)
 }

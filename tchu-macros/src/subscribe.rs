@@ -318,6 +318,11 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         },
         Source::Pattern(_) => TokenStream::new(),
     };
+    // The catalog's link from a typed handler to its event type (contracts).
+    let with_event = match source {
+        Source::Event(path) => quote!(.with_event(::core::any::type_name::<#path>)),
+        Source::Pattern(_) => TokenStream::new(),
+    };
     let into_outcome = quote_spanned! {ret_span=>
         #p::IntoOutcome::into_outcome(__tchu_ret)
     };
@@ -380,7 +385,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
 
             #p::inventory::submit! {
-                #p::Subscription::new(#id, #name, #pattern, #wrapper) #retry #timeout
+                #p::Subscription::new(#id, #name, #pattern, #wrapper) #retry #timeout #with_event
                     .with_needs(__tchu_needs)
             }
         };

@@ -215,6 +215,25 @@ impl App {
         self.filter(move |s| s.id.starts_with(prefix))
     }
 
+    /// Runs the outbox relay in this service (feature `postgres`): rows written with
+    /// `publish_in` on `pool`'s database are published by this app's client. tchu's tables are
+    /// created or upgraded at start; relay settings come from `RelayConfig::from_env`.
+    #[cfg(feature = "postgres")]
+    #[must_use]
+    pub fn outbox(mut self, pool: sqlx::PgPool) -> Self {
+        self.state.insert(crate::outbox::AppOutbox(pool));
+        self
+    }
+
+    /// Runs every handler in a transaction with an inbox record, skipping duplicates (feature
+    /// `postgres`; see [`crate::inbox`]). Handlers get the transaction as a `Tx` argument.
+    #[cfg(feature = "postgres")]
+    #[must_use]
+    pub fn inbox(mut self, inbox: crate::inbox::Inbox) -> Self {
+        self.state.insert(inbox);
+        self
+    }
+
     /// Allows starting with no subscriptions (a service that only publishes and calls).
     #[must_use]
     pub fn publish_only(mut self) -> Self {
@@ -323,6 +342,11 @@ impl App {
         // publish()/call() inside handlers use the default client: make it this one if unset.
         let _ = crate::client::set_default(client.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Tasks stopped with the consumer: the outbox relay and the inbox sweep (outbox/mod.rs).
+        #[cfg(feature = "postgres")]
+        let background = crate::outbox::start_in_app(&self.state, &client, stop_rx.clone()).await?;
+        #[cfg(not(feature = "postgres"))]
+        let background = Vec::new();
         let stats = Arc::new(Stats::default());
         let consuming = Arc::new(AtomicBool::new(false));
         let mut task = None;
@@ -389,6 +413,7 @@ impl App {
             stats,
             health,
             metrics,
+            background,
         })
     }
 
@@ -518,6 +543,7 @@ pub struct Running {
     stats: Arc<Stats>,
     health: HealthCheck,
     metrics: Option<MetricsServer>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -563,6 +589,9 @@ impl Running {
         self.health.consuming.store(false, Ordering::Relaxed);
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        for t in std::mem::take(&mut self.background) {
             let _ = t.await;
         }
         if let Some(m) = self.metrics.take() {

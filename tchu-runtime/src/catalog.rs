@@ -2,14 +2,21 @@
 //! JSON Schemas, and its [AsyncAPI 3.0](https://www.asyncapi.com/docs/reference/specification/v3.0.0)
 //! rendering.
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod asyncapi;
+mod file;
+pub mod fingerprint;
+mod flags;
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
+
+pub use file::{CATALOG_FORMAT, Called, CatalogFile, Published, Served, ServiceInfo, Subscribed};
+pub use flags::{handle_catalog_flags, service_info};
 
 use crate::registry::{EventInfo, Registry};
 use crate::retry::RetryPolicy;
-use crate::topic::pattern_matches;
 
 /// One event type of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,6 +61,9 @@ pub struct SubscriptionEntry {
     /// Retries of its own policy, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// For a typed handler, its event type (`std::any::type_name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
 }
 
 /// Every event type (`#[tchu::event]`) and subscription (`#[tchu::subscribe]`) linked into
@@ -91,13 +101,14 @@ impl Registry {
                 name: s.name.to_owned(),
                 pattern: s.pattern.to_owned(),
                 retries: s.retry.map(|r: RetryPolicy| r.retries),
+                event_type: s.event_type.map(|f| f().to_owned()),
             })
             .collect()
     }
 }
 
 impl Catalog {
-    fn build(infos: &[EventInfo], subscriptions: &[SubscriptionEntry]) -> Catalog {
+    pub(crate) fn build(infos: &[EventInfo], subscriptions: &[SubscriptionEntry]) -> Catalog {
         let mut generator = schemars::generate::SchemaSettings::draft07()
             .with(|s| {
                 s.definitions_path = SCHEMAS_PATH.into();
@@ -140,162 +151,16 @@ impl Catalog {
             .find(|s| s.id == id_or_name || s.name == id_or_name)
     }
 
-    /// An [AsyncAPI 3.0.0](https://www.asyncapi.com/docs/reference/specification/v3.0.0)
-    /// document describing `service`:
-    ///
-    /// - `channels`: one per event topic and per subscription pattern, its `address` the
-    ///   topic or pattern, its `messages` the event types whose topic it covers; RPC requests
-    ///   get a reply channel too (`address: null`: the caller's reply-to).
-    /// - `operations`: `send` for every event type (the service links them, so it may publish
-    ///   them), `receive` for every subscription; each references its channel with `$ref`.
-    /// - `components.messages` (one per event type, and per RPC response) and
-    ///   `components.schemas` (the payloads' JSON Schemas).
-    ///
-    /// `info.version` is `"0.0.0"`; set `doc["info"]["version"]` to the service's version.
+    /// The [AsyncAPI 3.0.0](https://www.asyncapi.com/docs/reference/specification/v3.0.0)
+    /// document of `service` with the default deployment (local RabbitMQ, exchange
+    /// `tchu_events`). See [`asyncapi::document`] for the full form (servers, AMQP bindings,
+    /// `x-tchu-*` extensions); `--asyncapi` ([`catalog_flags!`](crate::catalog_flags)) uses the
+    /// service's settings.
     pub fn asyncapi(&self, service: &str) -> Value {
-        let mut keys = Keys::default();
-        let messages: Vec<(String, &EventEntry)> = self
-            .events
-            .iter()
-            .map(|e| (keys.unique("message", e.name()), e))
-            .collect();
-
-        let mut channels = Map::new();
-        let mut operations = Map::new();
-        let mut component_messages = Map::new();
-        // Channel key by address, so an event topic and an identical pattern share one.
-        let mut channel_of: BTreeMap<String, String> = BTreeMap::new();
-
-        for (key, e) in &messages {
-            component_messages.insert(
-                key.clone(),
-                json!({
-                    "name": e.name(),
-                    "title": e.name(),
-                    "summary": format!("`{}` on topic `{}`", e.type_name, e.topic),
-                    "contentType": "application/json",
-                    "payload": e.schema,
-                }),
-            );
-            if let Some(resp) = &e.response_type_name {
-                let payload = e.response_schema.clone().unwrap_or_else(|| json!({}));
-                component_messages.insert(
-                    reply_key(key),
-                    json!({
-                        "name": format!("{}.reply", e.name()),
-                        "title": resp,
-                        "summary": format!("the reply to `{}`", e.name()),
-                        "contentType": "application/json",
-                        "payload": payload,
-                    }),
-                );
-            }
-        }
-
-        let addresses: BTreeSet<&str> = self
-            .events
-            .iter()
-            .map(|e| e.topic.as_str())
-            .chain(self.subscriptions.iter().map(|s| s.pattern.as_str()))
-            .collect();
-        for address in addresses {
-            let channel = keys.unique(
-                "channel",
-                &address.replace('*', "star").replace('#', "hash"),
-            );
-            let mut channel_messages = Map::new();
-            for (key, e) in &messages {
-                if pattern_matches(address, &e.topic) {
-                    channel_messages.insert(key.clone(), message_ref(key));
-                }
-            }
-            channels.insert(
-                channel.clone(),
-                json!({ "address": address, "messages": channel_messages }),
-            );
-            // Requests whose topic is exactly this address get a reply channel.
-            for (key, e) in &messages {
-                if e.is_request() && e.topic == address {
-                    let reply = reply_key(key);
-                    let mut m = Map::new();
-                    m.insert(reply.clone(), message_ref(&reply));
-                    channels.insert(
-                        reply_key(&channel),
-                        json!({
-                            "address": null,
-                            "description": "the caller's reply-to address (RabbitMQ direct reply-to)",
-                            "messages": m,
-                        }),
-                    );
-                }
-            }
-            channel_of.insert(address.to_owned(), channel);
-        }
-
-        for (key, e) in &messages {
-            let Some(channel) = channel_of.get(&e.topic) else {
-                continue;
-            };
-            let mut op = json!({
-                "action": "send",
-                "title": format!("publish {}", e.name()),
-                "channel": { "$ref": format!("#/channels/{channel}") },
-                "messages": [ { "$ref": format!("#/channels/{channel}/messages/{key}") } ],
-            });
-            if e.is_request() {
-                op["reply"] = reply_of(channel, key);
-            }
-            operations.insert(keys.unique("operation", &format!("send.{key}")), op);
-        }
-
-        for s in &self.subscriptions {
-            let Some(channel) = channel_of.get(&s.pattern) else {
-                continue;
-            };
-            let refs: Vec<Value> = messages
-                .iter()
-                .filter(|(_, e)| pattern_matches(&s.pattern, &e.topic))
-                .map(|(key, _)| json!({ "$ref": format!("#/channels/{channel}/messages/{key}") }))
-                .collect();
-            let mut op = json!({
-                "action": "receive",
-                "title": s.name,
-                "summary": format!("handler `{}` on `{}`", s.id, s.pattern),
-                "channel": { "$ref": format!("#/channels/{channel}") },
-                "messages": refs,
-            });
-            if let Some((key, _)) = messages
-                .iter()
-                .find(|(_, e)| e.is_request() && e.topic == s.pattern)
-            {
-                op["reply"] = reply_of(channel, key);
-            }
-            operations.insert(keys.unique("operation", &format!("receive.{}", s.id)), op);
-        }
-
-        let schemas: Map<String, Value> = self
-            .schemas
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        json!({
-            "asyncapi": "3.0.0",
-            "info": {
-                "title": service,
-                "version": "0.0.0",
-                "description": format!(
-                    "Events and subscriptions of `{service}`, generated by tchu from its \
-                     `#[tchu::event]` and `#[tchu::subscribe]` items."
-                ),
-            },
-            "defaultContentType": "application/json",
-            "channels": channels,
-            "operations": operations,
-            "components": {
-                "schemas": schemas,
-                "messages": component_messages,
-            },
-        })
+        asyncapi::document(
+            &self.file(&ServiceInfo::new(service)),
+            &asyncapi::Deployment::default(),
+        )
     }
 }
 
@@ -303,57 +168,10 @@ fn short_name(type_name: &str) -> &str {
     type_name.rsplit("::").next().unwrap_or(type_name)
 }
 
-fn message_ref(key: &str) -> Value {
-    json!({ "$ref": format!("#/components/messages/{key}") })
-}
-
-fn reply_key(key: &str) -> String {
-    format!("{key}.reply")
-}
-
-fn reply_of(channel: &str, message: &str) -> Value {
-    let reply_channel = reply_key(channel);
-    let reply_message = reply_key(message);
-    json!({
-        "address": {
-            "description": "the request's AMQP `reply_to` property",
-            "location": "$message.header#/reply_to",
-        },
-        "channel": { "$ref": format!("#/channels/{reply_channel}") },
-        "messages": [ { "$ref": format!("#/channels/{reply_channel}/messages/{reply_message}") } ],
-    })
-}
-
-/// Keys that AsyncAPI accepts (`^[a-zA-Z0-9.\-_]+$`), unique per kind.
-#[derive(Default)]
-struct Keys(BTreeSet<(&'static str, String)>);
-
-impl Keys {
-    fn unique(&mut self, kind: &'static str, raw: &str) -> String {
-        let base: String = raw
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let mut key = base.clone();
-        let mut n = 2;
-        while self.0.contains(&(kind, key.clone())) {
-            key = format!("{base}_{n}");
-            n += 1;
-        }
-        self.0.insert((kind, key.clone()));
-        key
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[derive(schemars::JsonSchema)]
     #[expect(dead_code, reason = "only its schema is used")]
@@ -386,6 +204,7 @@ mod tests {
             name: "audit".into(),
             pattern: "user.*".into(),
             retries: None,
+            event_type: None,
         }];
         Catalog::build(&infos, &subs)
     }
@@ -405,16 +224,44 @@ mod tests {
     fn asyncapi_links_operations_to_channels() {
         let doc = sample().asyncapi("svc");
         assert_eq!(doc["asyncapi"], "3.0.0");
-        assert_eq!(doc["channels"]["user.star"]["address"], "user.*");
+        let queue = &doc["channels"]["queue.svc"];
+        assert_eq!(queue["address"], "svc");
+        assert_eq!(queue["x-tchu-binding-patterns"], json!(["user.*"]));
+        assert_eq!(queue["x-tchu-dead-letter-queue"], "svc.dlq");
         let recv = &doc["operations"]["receive.svc__audit"];
         assert_eq!(recv["action"], "receive");
-        assert_eq!(recv["channel"]["$ref"], "#/channels/user.star");
+        assert_eq!(recv["channel"]["$ref"], "#/channels/queue.svc");
         assert_eq!(recv["messages"].as_array().map(Vec::len), Some(2));
-        let send = &doc["operations"]["send.Get"];
+        assert_eq!(recv["x-tchu-binding-pattern"], "user.*");
+        let call = &doc["operations"]["call.Get"];
         assert_eq!(
-            send["reply"]["channel"]["$ref"],
+            call["reply"]["channel"]["$ref"],
             "#/channels/user.get.reply"
         );
         assert_eq!(doc["channels"]["user.get.reply"]["address"], Value::Null);
+        assert_eq!(
+            doc["channels"]["user.created"]["bindings"]["amqp"]["is"],
+            "routingKey"
+        );
+    }
+
+    #[test]
+    fn catalog_file_sorts_published_called_served() {
+        let c = sample();
+        let f = c.file(&ServiceInfo::new("svc"));
+        assert_eq!(f.tchu_catalog, CATALOG_FORMAT);
+        assert_eq!(f.publishes.len(), 1);
+        assert_eq!(f.publishes[0].topic, "user.created");
+        assert_eq!(f.calls.len(), 1);
+        assert_eq!(f.calls[0].reply.as_deref(), Some("Reply"));
+        assert!(f.serves.is_empty());
+        assert_eq!(f.subscribes[0].pattern, "user.*");
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(CatalogFile::from_json(&text).unwrap(), f);
+        let other = text.replace("\"tchu_catalog\":1", "\"tchu_catalog\":9");
+        assert_eq!(
+            CatalogFile::from_json(&other).unwrap_err(),
+            "catalog format 9; this tchu reads format 1"
+        );
     }
 }

@@ -27,7 +27,7 @@ use crate::wire::{self, Reply};
 pub struct MessageId(String);
 
 impl MessageId {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         MessageId(wire::new_message_id())
     }
 
@@ -149,7 +149,8 @@ impl Client {
             topic: E::TOPIC.to_owned(),
             source,
         })?;
-        self.publish_json(E::TOPIC, &json).await
+        self.publish_json(E::TOPIC, &json, crate::fingerprint::of::<E>())
+            .await
     }
 
     /// Publishes any serializable payload under `topic` (tchu-tchu's `TchuClient.publish`).
@@ -166,13 +167,19 @@ impl Client {
             topic: topic.to_owned(),
             source,
         })?;
-        self.publish_json(topic, &json).await
+        self.publish_json(topic, &json, None).await
     }
 
-    async fn publish_json(&self, topic: &str, json: &[u8]) -> Result<MessageId, PublishError> {
+    async fn publish_json(
+        &self,
+        topic: &str,
+        json: &[u8],
+        schema: Option<&str>,
+    ) -> Result<MessageId, PublishError> {
         require_object(topic, json)?;
         let id = MessageId::new();
         let mut msg = wire::encode(self.inner.config.format, topic, json, id.as_str(), false);
+        wire::stamp_schema(&mut msg, schema);
         msg.properties.persistent = true;
         let span = tracing::info_span!(
             "tchu.publish",

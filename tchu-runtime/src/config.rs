@@ -72,6 +72,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The in-process broker of [`Config::memory`], when one is attached.
     in_process: Option<MemoryBroker>,
+    /// Dead-letter messages whose `tchu-schema` fingerprint differs from the typed handler's
+    /// event schema (`TCHU_SCHEMA_STRICT=true`); by default they are counted, logged and
+    /// handled. Messages without a fingerprint (Python tchu-tchu) are always handled.
+    pub schema_strict: bool,
 }
 
 impl Config {
@@ -96,6 +100,7 @@ impl Config {
             metrics_addr: None,
             tls: TlsConfig::default(),
             in_process: None,
+            schema_strict: false,
         }
     }
 
@@ -197,6 +202,12 @@ impl Config {
             DURATION,
             parse_duration,
         )?;
+        set(
+            &mut c.schema_strict,
+            "TCHU_SCHEMA_STRICT",
+            BOOL,
+            crate::catalog::fingerprint::parse_strict,
+        )?;
         c.tls = TlsConfig::from_env()?;
         c.check()?;
         Ok(c)
@@ -261,6 +272,7 @@ const PREFETCH: &str = "a whole number from 1 to 65535 (0 would let the broker s
 const AT_LEAST_ONE: &str = "a whole number of at least 1";
 const BYTES: &str = "a number of bytes";
 const COUNT: &str = "a whole number";
+const BOOL: &str = "`true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)";
 const SOCKET_ADDR: &str = "an address and port such as `127.0.0.1:9464`, or empty for none";
 const FORMAT: &str = "`celery` or `native`";
 const QUEUE_TYPE: &str = "`classic` or `quorum`";

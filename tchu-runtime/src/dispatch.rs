@@ -905,9 +905,14 @@ impl Dispatcher {
         // (before its first await), in an extractor, or in serializing its value is caught
         // like one inside it, instead of unwinding through the dispatcher.
         let d = Arc::clone(delivery);
+        // The inbox (feature `postgres`): in a transaction, duplicates skipped (inbox.rs).
+        #[cfg(feature = "postgres")]
+        let handler = crate::inbox::run(e, d);
+        #[cfg(not(feature = "postgres"))]
+        let handler = async move { (e.handler)(d).await };
         let run = AssertUnwindSafe(crate::client::with_current(
             self.client.clone(),
-            trace::scope(own, async move { (e.handler)(d).await }),
+            trace::scope(own, handler),
         ))
         .catch_unwind()
         .instrument(span.clone());

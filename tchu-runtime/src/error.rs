@@ -280,6 +280,10 @@ pub enum Error {
     /// A call failed.
     #[error(transparent)]
     Call(#[from] CallError),
+    /// The outbox or inbox failed to start (feature `postgres`).
+    #[cfg(feature = "postgres")]
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
 }
 
 /// Why the handlers of an app cannot run.

@@ -178,6 +178,7 @@ impl FromDelivery for Meta {
 /// # Errors
 /// [`RejectionKind::Decode`] or [`RejectionKind::Invalid`].
 pub fn extract_event<E: crate::Event>(d: &Delivery) -> Result<E, Rejection> {
+    crate::catalog::fingerprint::on_receive::<E>(d)?;
     let e = E::deserialize(&d.event).map_err(|err| {
         Rejection::new(
             RejectionKind::Decode,

@@ -18,8 +18,12 @@ mod event;
 mod exporter;
 mod handler;
 mod health;
+#[cfg(feature = "postgres")]
+pub mod inbox;
 pub mod message;
 mod needs;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 mod probe;
 mod queue_type;
 mod registry;
@@ -38,6 +42,11 @@ pub mod wire;
 pub use app::{App, Running, run};
 pub use broker::memory::MemoryBroker;
 pub use catalog::{Catalog, EventEntry, SubscriptionEntry, catalog};
+// Contracts: catalog files, `--catalog`/`--asyncapi`, schema fingerprints.
+pub use catalog::{
+    CATALOG_FORMAT, Called, CatalogFile, Published, Served, ServiceInfo, Subscribed, asyncapi,
+    fingerprint, handle_catalog_flags, service_info,
+};
 pub use client::{Client, MessageId, call, connect, default_client, publish, set_default};
 pub use config::{Config, MAX_SERVICE_BYTES};
 pub use context::Context;
@@ -64,6 +73,9 @@ pub use url::{BrokerUrl, redact};
 /// The `schemars` crate, for `#[derive(tchu::JsonSchema)]` on types nested in events (add
 /// `#[schemars(crate = "tchu::schemars")]`).
 pub use schemars;
+/// The `sqlx` crate of the outbox and inbox (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use sqlx;
 /// The `validator` crate, for `#[derive(tchu::validator::Validate)]` on nested types.
 pub use validator;
 

@@ -37,6 +37,10 @@ pub struct Subscription {
     /// start.
     #[doc(hidden)]
     pub needs: fn() -> Vec<crate::needs::Need>,
+    /// For a typed handler (`#[tchu::subscribe(UserCreated)]`): the event type's name
+    /// (`std::any::type_name`), so the catalog knows which schema the handler was compiled
+    /// against. `None` for pattern handlers.
+    pub event_type: Option<fn() -> &'static str>,
 }
 
 impl Subscription {
@@ -55,6 +59,7 @@ impl Subscription {
             retry: None,
             timeout: None,
             needs: crate::needs::no_needs,
+            event_type: None,
         }
     }
 
@@ -62,6 +67,12 @@ impl Subscription {
     #[doc(hidden)]
     pub const fn with_needs(mut self, needs: fn() -> Vec<crate::needs::Need>) -> Self {
         self.needs = needs;
+        self
+    }
+
+    /// Records the event type of a typed handler (used by the macro).
+    pub const fn with_event(mut self, type_name: fn() -> &'static str) -> Self {
+        self.event_type = Some(type_name);
         self
     }
 

@@ -22,12 +22,41 @@ pub use tchu_runtime::{IntoOutcome, MAX_SERVICE_BYTES, Outcome, Subscription, co
 pub mod message {
     pub use tchu_runtime::message::{HeaderValue, Headers, Message, Properties};
 }
+// Contracts: catalog files (`tchu lint`/`diff`/`map`), `--catalog`/`--asyncapi`, fingerprints.
+pub use tchu_runtime::{
+    CATALOG_FORMAT, Called, CatalogFile, Published, Served, ServiceInfo, Subscribed, asyncapi,
+    catalog_flags, fingerprint, handle_catalog_flags,
+};
 
 pub use tchu_runtime::headers;
 pub use tchu_runtime::telemetry;
 pub use tchu_runtime::testing;
 pub use tchu_runtime::trace;
 pub use tchu_runtime::wire::WireFormat;
+
+/// The transactional outbox on PostgreSQL (feature `postgres`; see "Outbox and inbox").
+#[cfg(feature = "postgres")]
+pub mod outbox {
+    pub use tchu_runtime::outbox::{
+        DEPTH, OLDEST_AGE_SECONDS, OutboxError, OutboxMessage, OutboxStatus, PUBLISHED_TOTAL,
+        PublishIn, RELAY_LAG_SECONDS, Relay, RelayConfig, RelayHandle, RelayStep, migrate,
+        migrate_conn, publish_in, replay, schema, status,
+    };
+}
+
+/// The idempotent inbox on PostgreSQL (feature `postgres`; see "Outbox and inbox").
+#[cfg(feature = "postgres")]
+pub mod inbox {
+    pub use tchu_runtime::inbox::{DEFAULT_DEDUP_WINDOW, DUPLICATES_TOTAL, Inbox, Tx};
+}
+
+#[cfg(feature = "postgres")]
+pub use tchu_runtime::inbox::{Inbox, Tx};
+
+/// The `sqlx` crate tchu's outbox and inbox use (feature `postgres`): make pools and
+/// transactions with it so the versions match.
+#[cfg(feature = "postgres")]
+pub use tchu_runtime::sqlx;
 
 /// Wire formats: decoding any received message (as `tchu tail` shows them).
 pub mod wire {

@@ -176,6 +176,17 @@ pub enum Reply {
     Invalid(String),
 }
 
+/// Adds the publisher's schema fingerprint header (`tchu-schema`, see
+/// [`crate::fingerprint`]) to a message about to be published. Contracts; kept apart.
+pub fn stamp_schema(msg: &mut Message, fingerprint: Option<&str>) {
+    if let Some(fp) = fingerprint {
+        msg.properties.headers.insert(
+            crate::fingerprint::SCHEMA_HEADER.to_owned(),
+            crate::message::HeaderValue::from(fp),
+        );
+    }
+}
+
 /// A new message (task) id: a random UUID v4 in its hyphenated text form, as Celery's task ids
 /// are. The bits come from a per-thread fast generator (`fastrand`, seeded once per thread
 /// from the standard library's random hasher keys), not a system call per id: ids must be
