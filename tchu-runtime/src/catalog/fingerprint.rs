@@ -145,15 +145,6 @@ pub fn of<E: crate::Event>() -> Option<&'static str> {
 /// `topic`, `expected` (the handler's) and `received` (the sender's).
 pub const SCHEMA_MISMATCH_TOTAL: &str = "tchu_schema_mismatch_total";
 
-/// Reads `TCHU_SCHEMA_STRICT`.
-pub(crate) fn parse_strict(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "" | "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
 /// The check a typed handler of `E` makes before decoding (called by `extract_event`): a
 /// mismatch is counted ([`SCHEMA_MISMATCH_TOTAL`]) and logged at `warn`; in strict mode
 /// ([`Config::schema_strict`](crate::Config::schema_strict)) the message is refused, so it is
