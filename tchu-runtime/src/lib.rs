@@ -30,6 +30,7 @@ mod queue_type;
 mod registry;
 mod retry;
 mod rpc;
+mod schema_hash;
 mod tail;
 pub mod telemetry;
 pub mod testing;
