@@ -178,8 +178,8 @@ impl FromDelivery for Meta {
 /// ([`Config::schema_strict`](crate::Config::schema_strict)) the message is refused, so it is
 /// dead-lettered with the reason.
 fn schema_check<E: crate::Event>(d: &Delivery) -> Result<(), Rejection> {
-    let crate::fingerprint::SchemaCheck::Mismatch { expected, received } =
-        crate::fingerprint::check::<E>(&d.meta.headers)
+    let crate::schemas::SchemaCheck::Mismatch { expected, received } =
+        crate::schemas::check::<E>(&d.meta.headers)
     else {
         return Ok(());
     };

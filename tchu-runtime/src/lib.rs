@@ -31,6 +31,7 @@ mod registry;
 mod retry;
 mod rpc;
 mod schema_hash;
+mod schemas;
 mod tail;
 pub mod telemetry;
 pub mod testing;
