@@ -15,11 +15,12 @@ use crate::schema_hash::{SCHEMA_HEADER, fingerprint};
 /// Where the named schemas live, so that the `$ref`s are valid inside an AsyncAPI document.
 const SCHEMAS_PATH: &str = "/components/schemas";
 
+/// One event's payload schema and, for an RPC request, its response's.
+pub(crate) type EventSchemas = (Value, Option<Value>);
+
 /// The payload and response schemas of `infos`, in order, and the named schemas their `$ref`s
 /// point into (JSON Schema draft 7, one shared generator).
-pub(crate) fn generate(
-    infos: &[EventInfo],
-) -> (Vec<(Value, Option<Value>)>, BTreeMap<String, Value>) {
+pub(crate) fn generate(infos: &[EventInfo]) -> (Vec<EventSchemas>, BTreeMap<String, Value>) {
     let mut generator = schemars::generate::SchemaSettings::draft07()
         .with(|s| {
             s.definitions_path = SCHEMAS_PATH.into();
