@@ -80,9 +80,6 @@ pub struct Catalog {
     pub schemas: BTreeMap<String, Value>,
 }
 
-/// Where the named schemas live, so that the `$ref`s are valid inside an AsyncAPI document.
-const SCHEMAS_PATH: &str = "/components/schemas";
-
 /// Reads the link-time registry: every `#[tchu::event]` and `#[tchu::subscribe]` of the binary
 /// (handlers added with `App::subscribe` are not in it). Schemas are JSON Schema draft 7, as
 /// AsyncAPI's default schema format expects.
@@ -109,26 +106,18 @@ impl Registry {
 
 impl Catalog {
     pub(crate) fn build(infos: &[EventInfo], subscriptions: &[SubscriptionEntry]) -> Catalog {
-        let mut generator = schemars::generate::SchemaSettings::draft07()
-            .with(|s| {
-                s.definitions_path = SCHEMAS_PATH.into();
-                s.meta_schema = None;
-            })
-            .into_generator();
+        let (generated, schemas) = crate::schemas::generate(infos);
         let events = infos
             .iter()
-            .map(|info| EventEntry {
+            .zip(generated)
+            .map(|(info, (schema, response_schema))| EventEntry {
                 topic: info.topic.to_owned(),
                 type_name: info.type_name.to_owned(),
-                schema: (info.schema)(&mut generator).to_value(),
+                schema,
                 response_type_name: info.response_type_name.map(str::to_owned),
-                response_schema: info
-                    .response_schema
-                    .and_then(|f| f(&mut generator))
-                    .map(schemars::Schema::to_value),
+                response_schema,
             })
             .collect();
-        let schemas = generator.take_definitions(true).into_iter().collect();
         Catalog {
             events,
             subscriptions: subscriptions.to_vec(),

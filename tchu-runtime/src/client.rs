@@ -149,7 +149,7 @@ impl Client {
             topic: E::TOPIC.to_owned(),
             source,
         })?;
-        self.publish_json(E::TOPIC, &json, crate::fingerprint::of::<E>())
+        self.publish_json(E::TOPIC, &json, crate::schemas::of::<E>())
             .await
     }
 

@@ -206,7 +206,7 @@ impl Config {
             &mut c.schema_strict,
             "TCHU_SCHEMA_STRICT",
             BOOL,
-            crate::catalog::fingerprint::parse_strict,
+            parse_strict,
         )?;
         c.tls = TlsConfig::from_env()?;
         c.check()?;
@@ -334,6 +334,15 @@ fn set<T>(
 }
 
 /// `30`, `2.5` (seconds), `500ms`, `10s`, `1m`, `1h`; above zero.
+/// Reads `TCHU_SCHEMA_STRICT`.
+fn parse_strict(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "" | "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 fn parse_duration(s: &str) -> Option<Duration> {
     parse_duration_or_zero(s).filter(|d| !d.is_zero())
 }

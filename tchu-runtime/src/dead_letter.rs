@@ -16,11 +16,11 @@ use futures_util::stream::FuturesUnordered;
 
 use crate::broker::Browser;
 use crate::client::Client;
-use crate::dispatch::{
+use crate::error::BrokerError;
+use crate::headers::{
     ATTEMPT_HEADER, ATTEMPTS_HEADER, FIRST_FAILURE_HEADER, HANDLER_HEADER, HANDLERS_HEADER,
     LAST_FAILURE_HEADER, REASON_HEADER, TOPIC_HEADER,
 };
-use crate::error::BrokerError;
 use crate::message::{HeaderValue, Message};
 use crate::topology::dlq_name;
 

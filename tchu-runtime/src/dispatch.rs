@@ -28,29 +28,16 @@ use crate::broker::{Broker, Confirm, InboundDelivery, QueueSpec, QueueType};
 use crate::client::Client;
 use crate::error::BrokerError;
 use crate::handler::{Delivery, Failure, Meta, Outcome, RejectionKind, StateMap};
+use crate::headers::{
+    ATTEMPT_HEADER, ATTEMPTS_HEADER, FIRST_FAILURE_HEADER, HANDLER_HEADER, HANDLERS_HEADER,
+    LAST_FAILURE_HEADER, REASON_HEADER, TOPIC_HEADER,
+};
 use crate::message::{HeaderValue, Message};
 use crate::registry::{HandlerEntry, Registry};
 use crate::retry::RetryPolicy;
 use crate::telemetry::{self, DeadLetterKind};
 use crate::trace::{self, TraceContext};
 use crate::wire::{self, Kind, Reply};
-
-/// Header: the attempt number of a retried copy (2 for the first retry).
-pub const ATTEMPT_HEADER: &str = "x-tchu-attempt";
-/// Header: comma-separated ids of the handlers a retried copy is for.
-pub const HANDLERS_HEADER: &str = "x-tchu-handlers";
-/// Header: the original routing key of a retried or dead-lettered copy.
-pub const TOPIC_HEADER: &str = "x-tchu-original-routing-key";
-/// Header: first failure time, milliseconds since the Unix epoch.
-pub const FIRST_FAILURE_HEADER: &str = "x-tchu-first-failure-ms";
-/// Header: last failure time, milliseconds since the Unix epoch.
-pub const LAST_FAILURE_HEADER: &str = "x-tchu-last-failure-ms";
-/// Header: why a message was dead-lettered.
-pub const REASON_HEADER: &str = "x-tchu-dead-letter-reason";
-/// Header: the handler that failed (absent for decode failures and unmatched deliveries).
-pub const HANDLER_HEADER: &str = "x-tchu-handler";
-/// Header: attempts made before dead-lettering.
-pub const ATTEMPTS_HEADER: &str = "x-tchu-attempts";
 
 /// Counters of one running service.
 #[derive(Debug, Default)]
@@ -146,6 +133,38 @@ pub(crate) struct Dispatcher {
     pub(crate) stats: Arc<Stats>,
     /// Where a delivery no local handler matches goes (ops: topology.rs, rolling deploys).
     pub(crate) topology: crate::topology::Topology,
+}
+
+/// The dispatcher's verdict on a delivery no local handler matches (not an RPC request):
+/// acknowledged once handed off to another running version, dead-lettered with the reason
+/// when none handles it, requeued after `backoff()` when the hand-off copy could not be sent.
+async fn unmatched_verdict(
+    topology: &crate::topology::Topology,
+    broker: &Broker,
+    message: &Message,
+    topic: &str,
+    only: Option<&[String]>,
+    backoff: impl FnOnce() -> Duration,
+) -> Verdict {
+    match topology
+        .no_local_handler(broker, message, topic, only)
+        .await
+    {
+        Ok(crate::topology::NoHandler::HandedOff) => Verdict::Ack,
+        Ok(crate::topology::NoHandler::DeadLetter(reason)) => Verdict::Forward(Forward {
+            dead_letters: vec![DeadLetter {
+                reason,
+                handler: None,
+                kind: crate::telemetry::DeadLetterKind::NoHandler,
+            }],
+            ..Forward::default()
+        }),
+        Err(e) => {
+            let after = backoff();
+            tracing::warn!(error = %e, ?after, "could not hand a delivery off to another version; requeueing it");
+            Verdict::Requeue { after }
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -552,7 +571,7 @@ impl Dispatcher {
             let verdict = if is_rpc {
                 decide_unmatched(&decoded.topic)
             } else {
-                crate::topology::unmatched_verdict(
+                unmatched_verdict(
                     &self.topology,
                     self.broker(),
                     &message,

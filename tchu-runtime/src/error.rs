@@ -283,7 +283,7 @@ pub enum Error {
     /// The outbox or inbox failed to start (feature `postgres`).
     #[cfg(feature = "postgres")]
     #[error(transparent)]
-    Outbox(#[from] crate::outbox::OutboxError),
+    Outbox(#[from] OutboxError),
 }
 
 /// Why the handlers of an app cannot run.
@@ -386,3 +386,61 @@ macro_rules! readable_debug {
     )*};
 }
 readable_debug!(Error, PublishError, CallError, ConfigError, BrokerError);
+
+/// Why an outbox operation failed (feature `postgres`; also `tchu::outbox::OutboxError`).
+#[cfg(feature = "postgres")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboxError {
+    /// The event was refused before anything was written (invalid, bad topic, not a JSON
+    /// object, cannot serialize).
+    #[error(transparent)]
+    Refused(#[from] PublishError),
+    /// The ordering key is empty or longer than 512 bytes.
+    #[error("ordering key of {len} bytes; expected 1 to 512 bytes")]
+    BadKey {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The database refused or failed.
+    #[error("outbox database operation failed: {what}")]
+    Database {
+        /// What was being done.
+        what: &'static str,
+        /// sqlx's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database's tchu schema is newer than this build knows.
+    #[error(
+        "the tchu schema in the database is at version {found}; this build knows up to {known}: upgrade tchu"
+    )]
+    SchemaTooNew {
+        /// The version found.
+        found: i32,
+        /// The latest version this build knows.
+        known: i32,
+    },
+    /// A setting is out of range.
+    #[error("outbox setting `{name}` = {value}: {expected}")]
+    BadSetting {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+}
+
+#[cfg(feature = "postgres")]
+impl OutboxError {
+    pub(crate) fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> OutboxError {
+        move |source| OutboxError::Database { what, source }
+    }
+
+    /// Whether the database failed (rather than the event being refused).
+    pub fn is_database(&self) -> bool {
+        matches!(self, OutboxError::Database { .. })
+    }
+}

@@ -173,12 +173,52 @@ impl FromDelivery for Meta {
     }
 }
 
+/// The check a typed handler of `E` makes before decoding (called by `extract_event`): a
+/// mismatch is counted ([`SCHEMA_MISMATCH_TOTAL`](crate::fingerprint::SCHEMA_MISMATCH_TOTAL)) and logged at `warn`; in strict mode
+/// ([`Config::schema_strict`](crate::Config::schema_strict)) the message is refused, so it is
+/// dead-lettered with the reason.
+fn schema_check<E: crate::Event>(d: &Delivery) -> Result<(), Rejection> {
+    let crate::schemas::SchemaCheck::Mismatch { expected, received } =
+        crate::schemas::check::<E>(&d.meta.headers)
+    else {
+        return Ok(());
+    };
+    metrics::counter!(
+        crate::schema_hash::SCHEMA_MISMATCH_TOTAL,
+        "topic" => d.meta.topic.clone(),
+        "expected" => expected.clone(),
+        "received" => received.clone(),
+    )
+    .increment(1);
+    let strict = d.client().is_some_and(|c| c.config().schema_strict);
+    let event = std::any::type_name::<E>();
+    tracing::warn!(
+        topic = %d.meta.topic,
+        event,
+        expected = %expected,
+        received = %received,
+        strict,
+        "schema mismatch: the sender was built against another schema of this event"
+    );
+    if strict {
+        return Err(Rejection::new(
+            RejectionKind::Decode,
+            format!(
+                "schema mismatch on `{}`: the handler's `{event}` has schema {expected}, the \
+                 sender's has {received} (TCHU_SCHEMA_STRICT)",
+                d.meta.topic
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes and validates a typed event from a delivery; used by `#[tchu::event]` types.
 ///
 /// # Errors
 /// [`RejectionKind::Decode`] or [`RejectionKind::Invalid`].
 pub fn extract_event<E: crate::Event>(d: &Delivery) -> Result<E, Rejection> {
-    crate::catalog::fingerprint::on_receive::<E>(d)?;
+    schema_check::<E>(d)?;
     let e = E::deserialize(&d.event).map_err(|err| {
         Rejection::new(
             RejectionKind::Decode,

@@ -17,6 +17,7 @@ mod event;
 #[cfg(feature = "prometheus")]
 mod exporter;
 mod handler;
+pub mod headers;
 mod health;
 #[cfg(feature = "postgres")]
 pub mod inbox;
@@ -29,6 +30,8 @@ mod queue_type;
 mod registry;
 mod retry;
 mod rpc;
+mod schema_hash;
+mod schemas;
 mod tail;
 pub mod telemetry;
 pub mod testing;
@@ -99,12 +102,4 @@ pub mod __private {
     pub use inventory;
     pub use serde;
     pub use serde_json;
-}
-
-/// Header names tchu sets on retried and dead-lettered copies.
-pub mod headers {
-    pub use crate::dispatch::{
-        ATTEMPT_HEADER, ATTEMPTS_HEADER, FIRST_FAILURE_HEADER, HANDLER_HEADER, HANDLERS_HEADER,
-        LAST_FAILURE_HEADER, REASON_HEADER, TOPIC_HEADER,
-    };
 }

@@ -501,7 +501,7 @@ impl Topology {
             .headers
             .insert(HOPS_HEADER.to_owned(), HeaderValue::Int(hops + 1));
         m.properties.headers.insert(
-            crate::dispatch::TOPIC_HEADER.to_owned(),
+            crate::headers::TOPIC_HEADER.to_owned(),
             HeaderValue::from(message.routing_key.as_str()),
         );
         m.properties.persistent = true;
@@ -528,39 +528,6 @@ impl Topology {
                     m.routing_key
                 )))
             }
-        }
-    }
-}
-
-/// The dispatcher's verdict on a delivery no local handler matches (not an RPC request):
-/// acknowledged once handed off to another running version, dead-lettered with the reason
-/// when none handles it, requeued after `backoff()` when the hand-off copy could not be sent.
-pub(crate) async fn unmatched_verdict(
-    topology: &Topology,
-    broker: &Broker,
-    message: &Message,
-    topic: &str,
-    only: Option<&[String]>,
-    backoff: impl FnOnce() -> Duration,
-) -> crate::dispatch::Verdict {
-    use crate::dispatch::{DeadLetter, Forward, Verdict};
-    match topology
-        .no_local_handler(broker, message, topic, only)
-        .await
-    {
-        Ok(NoHandler::HandedOff) => Verdict::Ack,
-        Ok(NoHandler::DeadLetter(reason)) => Verdict::Forward(Forward {
-            dead_letters: vec![DeadLetter {
-                reason,
-                handler: None,
-                kind: crate::telemetry::DeadLetterKind::NoHandler,
-            }],
-            ..Forward::default()
-        }),
-        Err(e) => {
-            let after = backoff();
-            tracing::warn!(error = %e, ?after, "could not hand a delivery off to another version; requeueing it");
-            Verdict::Requeue { after }
         }
     }
 }

@@ -23,63 +23,7 @@ pub use status::{
 };
 pub use write::{OutboxMessage, PublishIn, publish_in};
 
-use crate::error::PublishError;
-
-/// Why an outbox operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OutboxError {
-    /// The event was refused before anything was written (invalid, bad topic, not a JSON
-    /// object, cannot serialize).
-    #[error(transparent)]
-    Refused(#[from] PublishError),
-    /// The ordering key is empty or longer than 512 bytes.
-    #[error("ordering key of {len} bytes; expected 1 to 512 bytes")]
-    BadKey {
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// The database refused or failed.
-    #[error("outbox database operation failed: {what}")]
-    Database {
-        /// What was being done.
-        what: &'static str,
-        /// sqlx's error.
-        #[source]
-        source: sqlx::Error,
-    },
-    /// The database's tchu schema is newer than this build knows.
-    #[error(
-        "the tchu schema in the database is at version {found}; this build knows up to {known}: upgrade tchu"
-    )]
-    SchemaTooNew {
-        /// The version found.
-        found: i32,
-        /// The latest version this build knows.
-        known: i32,
-    },
-    /// A setting is out of range.
-    #[error("outbox setting `{name}` = {value}: {expected}")]
-    BadSetting {
-        /// The setting.
-        name: &'static str,
-        /// Its value.
-        value: String,
-        /// What is accepted.
-        expected: &'static str,
-    },
-}
-
-impl OutboxError {
-    pub(crate) fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> OutboxError {
-        move |source| OutboxError::Database { what, source }
-    }
-
-    /// Whether the database failed (rather than the event being refused).
-    pub fn is_database(&self) -> bool {
-        matches!(self, OutboxError::Database { .. })
-    }
-}
+pub use crate::error::OutboxError;
 
 /// The pool given to [`App::outbox`](crate::App::outbox).
 #[derive(Debug, Clone)]

@@ -181,7 +181,7 @@ pub enum Reply {
 pub fn stamp_schema(msg: &mut Message, fingerprint: Option<&str>) {
     if let Some(fp) = fingerprint {
         msg.properties.headers.insert(
-            crate::fingerprint::SCHEMA_HEADER.to_owned(),
+            crate::schema_hash::SCHEMA_HEADER.to_owned(),
             crate::message::HeaderValue::from(fp),
         );
     }
