@@ -5,9 +5,9 @@
 //!
 //! - **Versions.** A version is one set of (pattern, handler id) pairs; its name is a hash of
 //!   them. Each running instance consumes its version's *presence queue*
-//!   `<service>.tchu.v.<hash>` (auto-delete, nothing is ever published to it): the queue's
+//!   `<service>.tchu.v.<hash>` (`x-expires` 30 s, nothing is ever published to it): the queue's
 //!   consumer count, read with a passive declare, says whether any instance of that version
-//!   runs, and the broker deletes it when the last one goes (a crash included).
+//!   runs (a crash drops its consumer at once), and the broker deletes it 30 s later.
 //! - **Records.** AMQP cannot list bindings, so each version leaves one persistent *record*
 //!   message (its exchange, patterns and handler ids) in the durable queue
 //!   `<service>.tchu.bindings`. Records are read with `basic.get` and manual acks, and the read
@@ -44,6 +44,9 @@ pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 pub(crate) const MAX_HOPS: i64 = 40;
 /// How long a handed-off delivery waits before it returns to the service queue.
 const HANDOFF_WAIT: Duration = Duration::from_millis(50);
+/// How long a presence queue outlives its last consumer (`x-expires`): long enough for lapin to
+/// recover a lost connection and consume it again; a version with no consumer counts as gone.
+const PRESENCE_EXPIRES: Duration = Duration::from_secs(30);
 /// The hop count of a handed-off delivery.
 pub(crate) const HOPS_HEADER: &str = "x-tchu-handoff-hops";
 /// How long start-up waits for another instance's reconcile to release the lock.
@@ -254,7 +257,10 @@ impl Topology {
         broker
             .declare_queue(&QueueSpec {
                 durable: false,
-                auto_delete: true,
+                // Not `auto_delete`: lapin's recovery consumes it again after a lost connection,
+                // and an auto-delete queue is gone by then (NOT_FOUND closes that channel). A
+                // version counts as running while its queue has a consumer, not while it exists.
+                expires: Some(PRESENCE_EXPIRES),
                 ..QueueSpec::durable(&presence, QueueType::Classic)
             })
             .await?;

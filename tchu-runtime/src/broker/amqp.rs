@@ -289,6 +289,10 @@ impl AmqpBroker {
             let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
         }
+        if let Some(unused) = spec.expires {
+            let ms = i64::try_from(unused.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
         self.with_channel_map(
             |ch| async move {
                 ch.queue_declare(

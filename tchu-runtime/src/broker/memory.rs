@@ -659,7 +659,7 @@ impl State {
             return;
         };
         q.consumers.remove(&consumer);
-        if q.spec.auto_delete && q.consumers.is_empty() {
+        if (q.spec.auto_delete || q.spec.expires.is_some()) && q.consumers.is_empty() {
             self.remove_queue(queue);
             return;
         }

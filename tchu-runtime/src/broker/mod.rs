@@ -39,6 +39,10 @@ pub(crate) struct QueueSpec {
     pub(crate) exclusive: bool,
     /// Deleted when its last consumer stops.
     pub(crate) auto_delete: bool,
+    /// Deleted by the broker once it has had no consumer for this long (`x-expires`). Unlike
+    /// `auto_delete`, it survives a connection that lapin recovers within that time, so the
+    /// recovered consumer finds its queue. The memory broker deletes it with its last consumer.
+    pub(crate) expires: Option<Duration>,
 }
 
 impl QueueSpec {
@@ -51,6 +55,7 @@ impl QueueSpec {
             message_ttl: None,
             exclusive: false,
             auto_delete: false,
+            expires: None,
         }
     }
 
