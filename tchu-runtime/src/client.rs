@@ -244,7 +244,9 @@ impl Client {
                 source,
             })
         })?;
-        let value = self.call_json(E::TOPIC, &json, timeout).await?;
+        let value = self
+            .call_json(E::TOPIC, &json, timeout, crate::schemas::of::<E>())
+            .await?;
         E::Response::deserialize(value).map_err(|source| CallError::BadReply {
             topic: E::TOPIC.to_owned(),
             source,
@@ -268,7 +270,7 @@ impl Client {
                 source,
             })
         })?;
-        self.call_json(topic, &json, timeout).await
+        self.call_json(topic, &json, timeout, None).await
     }
 
     async fn call_json(
@@ -276,6 +278,7 @@ impl Client {
         topic: &str,
         json: &[u8],
         timeout: Option<Duration>,
+        schema: Option<&str>,
     ) -> Result<serde_json::Value, CallError> {
         require_object(topic, json)?;
         let id = MessageId::new();
@@ -289,7 +292,7 @@ impl Client {
         );
         let started = std::time::Instant::now();
         let r = self
-            .call_json_inner(topic, json, timeout, id, &span)
+            .call_json_inner(topic, json, timeout, id, schema, &span)
             .instrument(span.clone())
             .await;
         crate::telemetry::rpc_duration(topic, started.elapsed());
@@ -302,6 +305,7 @@ impl Client {
         json: &[u8],
         timeout: Option<Duration>,
         id: MessageId,
+        schema: Option<&str>,
         span: &tracing::Span,
     ) -> Result<serde_json::Value, CallError> {
         let timeout = timeout.unwrap_or(self.inner.config.call_timeout);
@@ -315,6 +319,7 @@ impl Client {
                 source,
             })?;
         let mut msg = wire::encode(self.inner.config.format, topic, json, id.as_str(), true);
+        wire::stamp_schema(&mut msg, schema);
         propagate(span, &mut msg);
         msg.properties.persistent = false;
         msg.properties.expiration = Some(timeout);
