@@ -471,6 +471,8 @@ fn a_service_reports_its_start_and_stops_cleanly() {
         "prefetch=7",
         "concurrency=64",
         "format=Celery",
+        "outbox=off",
+        "inbox=off",
         "handler linked",
         "handler=first_hour::on_greeted",
         "pattern=first_hour.greeted",

@@ -324,6 +324,18 @@ impl App {
             None if self.default_client => crate::client::default_client().await?,
             None => Client::connect(self.config.clone()).await?,
         };
+        // The outbox relay and the inbox this service runs (feature `postgres`), by table.
+        #[cfg(feature = "postgres")]
+        let (outbox, inbox) = (
+            self.state
+                .get::<crate::outbox::AppOutbox>()
+                .map_or("off", |_| "tchu_outbox"),
+            self.state
+                .get::<crate::inbox::Inbox>()
+                .map_or("off", |_| "tchu_inbox"),
+        );
+        #[cfg(not(feature = "postgres"))]
+        let (outbox, inbox) = ("off", "off");
         tracing::info!(
             service = %service,
             broker = %self.config.broker,
@@ -334,6 +346,8 @@ impl App {
             concurrency = self.config.concurrency,
             format = ?self.config.format,
             handlers = registry.entries().len(),
+            outbox = %outbox,
+            inbox = %inbox,
             "tchu service starting"
         );
         for e in registry.entries() {
