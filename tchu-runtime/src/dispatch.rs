@@ -516,7 +516,7 @@ impl Dispatcher {
         let mut decoded = match wire::decode(&message, self.limits) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(routing_key = %message.routing_key, reason = %e, "undecodable message dead-lettered");
+                tracing::debug!(routing_key = %message.routing_key, reason = %e, "undecodable message");
                 let answer =
                     headers_kind_is_rpc(&message) && self.has_responder(&message.routing_key);
                 let verdict = decide_undecodable(&e.to_string(), answer);
@@ -613,7 +613,7 @@ impl Dispatcher {
                 .await
             }
             ContextCheck::Rejected(reason) => {
-                tracing::warn!(topic = %decoded.topic, reason = %reason, "required context missing; dead-lettered");
+                tracing::debug!(topic = %decoded.topic, reason = %reason, "required context missing");
                 let answer = is_rpc && entries.iter().any(|e| is_responder(e, &decoded.topic));
                 return self
                     .carry_out(&received, decide_unauthorized(&reason, answer))
@@ -839,6 +839,15 @@ impl Dispatcher {
         .await?;
         bump(&self.stats.dead_lettered);
         telemetry::dead_lettered(&original.routing_key, d.handler.as_deref(), d.kind);
+        // The one `warn` line per dead letter, once the DLQ copy is confirmed.
+        tracing::warn!(
+            topic = %original.routing_key,
+            handler = d.handler.as_deref().unwrap_or("-"),
+            reason = %d.reason,
+            attempts,
+            dlq = %msg.routing_key,
+            "dead-lettered"
+        );
         Ok(())
     }
 
