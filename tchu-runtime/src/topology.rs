@@ -99,8 +99,8 @@ pub(crate) struct Versions {
 
 #[derive(Debug, Default, Clone)]
 struct View {
-    /// The other running versions' handlers: (pattern, handler id).
-    others: Vec<(Pattern, String)>,
+    /// The other running versions' handlers: (pattern, handler id, version).
+    others: Vec<(Pattern, String, String)>,
     /// Their version hashes (for reasons).
     names: Vec<String>,
     fetched: Option<Instant>,
@@ -414,11 +414,35 @@ impl Topology {
             for (r, _) in records.iter().filter(|(r, _)| is_alive(r) && r.version != own) {
                 if !view.names.contains(&r.version) {
                     view.names.push(r.version.clone());
+                    view.others.extend(r.handlers.iter().filter_map(|(p, id)| {
+                        Some((Pattern::new(p).ok()?, id.clone(), r.version.clone()))
+                    }));
+                }
+            }
+            // A record can be missing from one browse while an instance that is stopping still
+            // holds it unacked (its channel closes after its lock queue is gone). A version the
+            // last view knew stays in the view while its presence queue has a consumer.
+            let previous = lock(&self.versions.view).clone();
+            let missing: Vec<String> = previous
+                .names
+                .iter()
+                .filter(|n| !view.names.contains(n))
+                .cloned()
+                .collect();
+            for name in missing {
+                let up = broker
+                    .consumer_count(&self.presence_queue_of(&name))
+                    .await?
+                    .is_some_and(|n| n > 0);
+                if up {
                     view.others.extend(
-                        r.handlers
+                        previous
+                            .others
                             .iter()
-                            .filter_map(|(p, id)| Some((Pattern::new(p).ok()?, id.clone()))),
+                            .filter(|(_, _, v)| *v == name)
+                            .cloned(),
                     );
+                    view.names.push(name);
                 }
             }
             *lock(&self.versions.view) = view;
@@ -475,10 +499,9 @@ impl Topology {
             }
         }
         let view = lock(&self.versions.view).clone();
-        let handles = view
-            .others
-            .iter()
-            .any(|(p, id)| p.matches(topic) && only.is_none_or(|ids| ids.iter().any(|i| i == id)));
+        let handles = view.others.iter().any(|(p, id, _)| {
+            p.matches(topic) && only.is_none_or(|ids| ids.iter().any(|i| i == id))
+        });
         if !handles {
             return Ok(NoHandler::DeadLetter(format!(
                 "no local handler matches `{topic}`, and no running version of `{}` handles it \
