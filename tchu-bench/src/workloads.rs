@@ -204,7 +204,8 @@ pub(crate) async fn paced(side: Side, s: &Sizes) -> Res<Measured> {
 pub(crate) async fn rpc(side: Side, s: &Sizes) -> Res<Measured> {
     let names = Names::new("rpc");
     let out = async {
-        let responder = Responder::start(side, &names, "responder", "bench.rpc.*").await?;
+        // The exact topic: only a responder (not a wildcard observer) answers a request.
+        let responder = Responder::start(side, &names, "responder", "bench.rpc.echo").await?;
         let caller = Caller::connect(side, &names.exchange).await?;
         let req = payload(0, 0);
         for _ in 0..50 {
