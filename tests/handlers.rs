@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tchu::testing::TestApp;
-use tchu::{App, Client, Config, Context, Delivery, MemoryBroker, Meta, State};
+use tchu::{App, Client, Config, Context, ContextError, Delivery, MemoryBroker, Meta, State};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -66,7 +66,7 @@ mod every_argument {
     }
 }
 
-fn user_from_event(event: &serde_json::Value, _meta: &Meta) -> Result<User, String> {
+fn user_from_event(event: &serde_json::Value, _meta: &Meta) -> Result<User, ContextError> {
     let id = event["user_id"].as_u64().ok_or("no user_id in the event")?;
     Ok(User {
         id,

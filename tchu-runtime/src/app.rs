@@ -175,7 +175,10 @@ impl App {
     pub fn context_helper<T, F>(mut self, helper: F) -> Self
     where
         T: Send + 'static,
-        F: Fn(&serde_json::Value, &Meta) -> Result<T, String> + Send + Sync + 'static,
+        F: Fn(&serde_json::Value, &Meta) -> Result<T, crate::context::ContextError>
+            + Send
+            + Sync
+            + 'static,
     {
         self.contexts.set(None, helper);
         self
@@ -187,7 +190,10 @@ impl App {
     where
         E: Event,
         T: Send + 'static,
-        F: Fn(&serde_json::Value, &Meta) -> Result<T, String> + Send + Sync + 'static,
+        F: Fn(&serde_json::Value, &Meta) -> Result<T, crate::context::ContextError>
+            + Send
+            + Sync
+            + 'static,
     {
         self.contexts.set(Some(E::TOPIC), helper);
         self
@@ -457,8 +463,8 @@ impl App {
             "tchu service stopped"
         );
         if close {
-            // Bounded: closing a connection that is down may never complete. Closed before
-            // `main` returns, lapin's I/O thread does not panic at the runtime's shutdown.
+            // Bounded: closing a connection that is down may never complete. Closed, it says
+            // goodbye to the broker instead of vanishing with the process.
             let _ = tokio::time::timeout(Duration::from_secs(5), client.close()).await;
         }
         Ok(())

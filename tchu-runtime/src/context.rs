@@ -13,8 +13,89 @@ use std::sync::Arc;
 
 use crate::handler::{Delivery, FromDelivery, Meta, Rejection, RejectionKind};
 
-type HelperFn =
-    Arc<dyn Fn(&serde_json::Value, &Meta) -> Result<Box<dyn Any + Send>, String> + Send + Sync>;
+type HelperFn = Arc<
+    dyn Fn(&serde_json::Value, &Meta) -> Result<Box<dyn Any + Send>, ContextError> + Send + Sync,
+>;
+
+/// Why a context helper could not build a context from an event: the delivery is dead-lettered
+/// as unauthorized, with this reason (and its cause, if any) in the dead letter.
+///
+/// Built from a reason (`"no user_id in the event".into()`, or `?` on an `Option::ok_or("..")`)
+/// or, keeping the cause, with [`ContextError::with_source`].
+///
+/// ```
+/// # use tchu_runtime as tchu;
+/// use tchu::{ContextError, Meta};
+///
+/// struct User(u64);
+///
+/// fn user(event: &serde_json::Value, _meta: &Meta) -> Result<User, ContextError> {
+///     let id = event["user_id"].as_u64().ok_or("no user_id in the event")?;
+///     let id = u32::try_from(id).map_err(|e| ContextError::with_source("user_id too large", e))?;
+///     Ok(User(id.into()))
+/// }
+/// # let _ = user;
+/// let refused = ContextError::from("no user_id in the event");
+/// assert_eq!(refused.to_string(), "no user_id in the event");
+/// ```
+#[derive(Debug)]
+pub struct ContextError {
+    reason: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ContextError {
+    /// A refusal with this reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        ContextError {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A refusal with this reason, caused by `source` (a directory lookup that failed, ...).
+    pub fn with_source(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ContextError {
+            reason: reason.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The reason, without its cause.
+    #[must_use]
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ContextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for ContextError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<&str> for ContextError {
+    fn from(reason: &str) -> Self {
+        ContextError::new(reason)
+    }
+}
+
+impl From<String> for ContextError {
+    fn from(reason: String) -> Self {
+        ContextError::new(reason)
+    }
+}
 
 /// The context helpers of one app, kept in its state map.
 #[derive(Default, Clone)]
@@ -44,7 +125,7 @@ impl fmt::Debug for ContextHelpers {
 fn erase<T, F>(f: F) -> HelperFn
 where
     T: Send + 'static,
-    F: Fn(&serde_json::Value, &Meta) -> Result<T, String> + Send + Sync + 'static,
+    F: Fn(&serde_json::Value, &Meta) -> Result<T, ContextError> + Send + Sync + 'static,
 {
     Arc::new(move |event, meta| f(event, meta).map(|t| Box::new(t) as Box<dyn Any + Send>))
 }
@@ -53,7 +134,7 @@ impl ContextHelpers {
     pub(crate) fn set<T, F>(&mut self, topic: Option<&str>, f: F)
     where
         T: Send + 'static,
-        F: Fn(&serde_json::Value, &Meta) -> Result<T, String> + Send + Sync + 'static,
+        F: Fn(&serde_json::Value, &Meta) -> Result<T, ContextError> + Send + Sync + 'static,
     {
         let id = TypeId::of::<T>();
         match topic {
@@ -96,11 +177,15 @@ impl ContextHelpers {
                 "no context helper for this context type: set one with `App::context_helper`",
             )
         })?;
-        helper(&d.event, &d.meta).map_err(|reason| {
-            Rejection::new(
-                RejectionKind::Unauthorized,
-                format!("unauthorized: {reason}"),
-            )
+        helper(&d.event, &d.meta).map_err(|e| {
+            let mut reason = format!("unauthorized: {}", e.reason);
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                reason.push_str(": ");
+                reason.push_str(&c.to_string());
+                cause = c.source();
+            }
+            Rejection::new(RejectionKind::Unauthorized, reason)
         })
     }
 

@@ -52,7 +52,7 @@ pub use catalog::{
 };
 pub use client::{Client, MessageId, call, connect, default_client, publish, set_default};
 pub use config::{Config, MAX_SERVICE_BYTES};
-pub use context::Context;
+pub use context::{Context, ContextError};
 pub use dead_letter::{DeadLetter, DeadLetterBrowser};
 pub use defaults::*;
 pub use dispatch::{Stats, StatsSnapshot};

@@ -6,11 +6,11 @@ pub use tchu_macros::{event, subscribe};
 pub use tchu_runtime::DeadLetterBrowser;
 pub use tchu_runtime::{
     App, Backoff, BrokerError, BrokerUrl, CallError, Client, ClientCert, Config, ConfigError,
-    Context, DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError, Health,
-    HealthCheck, MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType, Rejection,
-    RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot, SubscriptionError,
-    TlsConfig, Topic, TopicError, UnknownQueueType, call, default_client, publish, run,
-    set_default,
+    Context, ContextError, DeadLetter, Delivery, Error, Event, Failure, FromDelivery, HandlerError,
+    Health, HealthCheck, MemoryBroker, MessageId, Meta, Pattern, PublishError, QueueType,
+    Rejection, RejectionKind, RetryPolicy, RpcError, Running, State, StatsSnapshot,
+    SubscriptionError, TlsConfig, Topic, TopicError, UnknownQueueType, call, default_client,
+    publish, run, set_default,
 };
 pub use tchu_runtime::{Catalog, EventEntry, SubscriptionEntry, TailedEvent, catalog};
 // Types that appear in the signatures above (`App::filter`, `App::subscribe`, `Meta::headers`,
