@@ -132,6 +132,12 @@ impl Config {
     /// A value that is not accepted (the error names the variable, the value and what is
     /// accepted), or a TLS file that cannot be read.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let c = Config::read_env().map_err(refused)?;
+        c.check()?;
+        Ok(c)
+    }
+
+    fn read_env() -> Result<Self, ConfigError> {
         let url = std::env::var("TCHU_BROKER_URLS")
             .or_else(|_| std::env::var("TCHU_BROKER_URL"))
             .or_else(|_| std::env::var("AMQP_URL"))
@@ -209,7 +215,6 @@ impl Config {
             parse_strict,
         )?;
         c.tls = TlsConfig::from_env()?;
-        c.check()?;
         Ok(c)
     }
 
@@ -221,11 +226,11 @@ impl Config {
     /// The first setting that is not accepted.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |name: &'static str, value: String, expected: &'static str| {
-            Err(ConfigError::Env {
+            Err(refused(ConfigError::Env {
                 name,
                 value,
                 expected,
-            })
+            }))
         };
         if self.prefetch == 0 {
             return bad("TCHU_PREFETCH", "0".into(), PREFETCH);
@@ -301,6 +306,13 @@ fn shorten(s: &str) -> String {
 /// Reads and checks one environment setting: `None` when the variable is unset; otherwise
 /// `parse` turns its (trimmed) value into the setting, and a value it refuses is an error that
 /// names the variable, the value and what is `expected`.
+/// Logs a refused setting at `warn` (for the service's log pipeline; `main` prints the error
+/// too) and hands it back.
+fn refused(e: ConfigError) -> ConfigError {
+    tracing::warn!(error = %e, "setting refused");
+    e
+}
+
 fn env<T>(
     name: &'static str,
     expected: &'static str,
