@@ -101,7 +101,17 @@ fn assert_refused(out: &Outcome, within: Duration, wanted: &[&str]) {
         "took {:?} (limit {within:?}): {out:?}",
         out.took
     );
-    assert!(out.stderr.starts_with("Error: "), "{out:?}");
+    // What `main` prints, after at most one `setting refused` warn line (a refused setting
+    // is also logged, for the service's log pipeline).
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let printed = lines.iter().position(|l| l.starts_with("Error: "));
+    assert!(matches!(printed, Some(0 | 1)), "{out:?}");
+    if printed == Some(1) {
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains("setting refused"),
+            "{out:?}"
+        );
+    }
     for w in wanted {
         assert!(out.stderr.contains(w), "`{w}` missing: {out:?}");
     }
@@ -170,6 +180,12 @@ fn bad_settings_are_refused_at_start_with_the_value_and_what_is_accepted() {
         );
         // Refused before any connection: well under a second.
         assert_refused(&out, Duration::from_secs(5), wanted);
+        // Also logged at warn, once (`tchu::run()` installs the default logs first).
+        assert_eq!(
+            out.stderr.matches("setting refused").count(),
+            1,
+            "{name}: {out:?}"
+        );
     }
     // The example is built without the `prometheus` feature.
     let out = run(
@@ -484,4 +500,114 @@ fn a_service_reports_its_start_and_stops_cleanly() {
     }
     assert!(!text.contains("guest:guest"), "password shown: {text}");
     assert!(!text.contains("panicked"), "panic at exit: {text}");
+}
+
+/// A TCP proxy to the machine's broker that can cut every connection and refuse new ones.
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: the reconnect attempt fails
+                }
+                let Ok(upstream) = std::net::TcpStream::connect("127.0.0.1:5672") else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let mut held = o.lock().expect("lock");
+                for s in [&client, &upstream] {
+                    if let Ok(s) = s.try_clone() {
+                        held.push(s);
+                    }
+                }
+                if let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) {
+                    pipe(client, u2);
+                    pipe(upstream, c2);
+                }
+            }
+        });
+        Proxy { port, cut, open }
+    }
+
+    /// Closes every proxied connection and refuses the next ones.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().expect("lock").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// A client nobody closes, whose broker goes away, when its runtime ends: a publish-only
+/// program's default client as `main` returns, or a test's. The connection's I/O runs on a
+/// runtime tchu owns, so the end of the caller's runtime leaves lapin's I/O thread reconnecting
+/// quietly; on the caller's runtime it panicked ("Task did not complete: task ... was
+/// cancelled", or "A Tokio 1.x context was found, but it is being shutdown").
+#[test]
+fn a_runtime_that_ends_under_a_reconnecting_client_leaves_no_panic() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static IO_PANICS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some("lapin-io-loop") {
+            IO_PANICS.fetch_add(1, Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    let names = common::Names::new("first_hour_exit");
+    for _ in 0..3 {
+        let proxy = Proxy::start();
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let mut config = names.config();
+            config.broker =
+                tchu::BrokerUrl::parse(&format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port))
+                    .expect("url");
+            let client = tokio::time::timeout(common::WAIT, tchu::Client::connect(config))
+                .await
+                .expect("connect in time")
+                .expect("connect");
+            client
+                .publish("first_hour.exit", &serde_json::json!({"n": 1}))
+                .await
+                .expect("publish");
+            proxy.cut();
+            // Never closed, as a default client is not.
+            std::mem::forget(client);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        drop(rt);
+    }
+    // What would panic does so on lapin's next reconnect attempt, within its first backoff
+    // steps: nothing to await but the absence of a panic, so a bounded wait.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        IO_PANICS.load(Ordering::SeqCst),
+        0,
+        "lapin's I/O thread panicked after its runtime ended"
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = names.client().await;
+        names.cleanup(&client, &[], &[]).await;
+        client.close().await;
+    });
 }
