@@ -258,7 +258,10 @@ async fn rolling_deploy_and_rollback_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let dead = client.dead_letters(&svc).await.expect("dead letters");
+    let dead = client
+        .dead_letters(&svc, 100_000)
+        .await
+        .expect("dead letters");
     stop(v1c).await;
     stop(v1d).await;
 
@@ -552,7 +555,7 @@ async fn rolling_deploy_with_kill9_loses_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let dead = client
-        .dead_letters_page(&svc, 0, 100_000)
+        .dead_letters(&svc, 100_000)
         .await
         .expect("dead letters");
     stop(v1c).await;
