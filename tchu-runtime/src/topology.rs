@@ -5,9 +5,11 @@
 //!
 //! - **Versions.** A version is one set of (pattern, handler id) pairs; its name is a hash of
 //!   them. Each running instance consumes its version's *presence queue*
-//!   `<service>.tchu.v.<hash>` (`x-expires` 30 s, nothing is ever published to it): the queue's
-//!   consumer count, read with a passive declare, says whether any instance of that version
-//!   runs (a crash drops its consumer at once), and the broker deletes it 30 s later.
+//!   `<service>.tchu.v.<hash>` (`x-expires` 30 s, nothing is ever published to it). A passive
+//!   declare says how it runs: *connected* (the queue has a consumer), *absent* (the queue
+//!   exists without one, for less than [`PRESENCE_GRACE`] as measured by the observer: a
+//!   reconnect, or a `kill -9`; its bindings stay), or gone (no queue: the last instance
+//!   stopped gracefully and deleted it; or absent for longer than the grace).
 //! - **Records.** AMQP cannot list bindings, so each version leaves one persistent *record*
 //!   message (its exchange, patterns and handler ids) in the durable queue
 //!   `<service>.tchu.bindings`. Records are read with `basic.get` and manual acks, and the read
@@ -19,10 +21,12 @@
 //!   dies): read every record, learn which versions run, write this version's record if it is
 //!   missing, unbind the patterns of versions that no longer run unless a running one also
 //!   subscribes to them, and only then ack those versions' records. A binding is therefore
-//!   never removed while an instance that subscribes to it runs, and a stale one goes within
-//!   one reconcile period after its last instance stops.
+//!   never removed while an instance that subscribes to it runs (nor during the grace after it
+//!   lost its connection), and a stale one goes within one reconcile period after its last
+//!   instance stops gracefully. Each reconcile is bounded by [`RECONCILE_TIMEOUT`]; one whose
+//!   reads time out changes nothing.
 //! - **Hand-off.** A delivery that reaches an instance with no handler for it while another
-//!   running version has one is sent back through the wait queue `<service>.tchu.handoff`
+//!   connected version has one is sent back through the wait queue `<service>.tchu.handoff`
 //!   (a short TTL, then the broker dead-letters it to the service queue, where another
 //!   instance may take it) with a hop count; after [`MAX_HOPS`] it is dead-lettered. One that
 //!   no running version handles is dead-lettered at once, with a reason that says so.
