@@ -477,17 +477,19 @@ async fn rolling_deploy_with_kill9_loses_nothing() {
         ["roll.a", "roll.b", "roll.c"],
         "v1's binding went at once"
     );
-    let b_went = bindings_become_within(
+    bindings_become_within(
         &ex,
         &svc,
         &["roll.a", "roll.c"],
         Duration::from_millis(u64::try_from(GRACE_MS).unwrap_or(0)) + 3 * WAIT,
     )
     .await;
-    println!("roll.b unbound {b_went:?} after the last v1 was killed");
+    // Seen unbound this long after the kill (the events below check it was not earlier).
+    let b_went = now_ms() - marks["last v1 killed"];
+    println!("roll.b seen unbound {b_went} ms after the last v1 was killed");
     assert!(
-        b_went >= Duration::from_millis(u64::try_from(GRACE_MS).unwrap_or(0)),
-        "roll.b went before the grace ({b_went:?})"
+        b_went >= GRACE_MS,
+        "roll.b went before the grace ({b_went} ms)"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -585,7 +587,8 @@ async fn rolling_deploy_with_kill9_loses_nothing() {
     // from v2 ready until its last instance stopped gracefully (the outage included).
     let subscribed = |t: &str, at: i64| match t {
         "roll.a" => true,
-        "roll.b" => at < m("last v1 killed") + GRACE_MS || at >= m("v1 back"),
+        // (Less 250 ms: an event is routed a little after its publish started.)
+        "roll.b" => at < m("last v1 killed") + GRACE_MS - 250 || at >= m("v1 back"),
         _ => at >= m("v2 ready") && at < m("last v2 stopping"),
     };
     // A connected instance handled it: nothing may be dead-lettered for "no handler".

@@ -109,6 +109,10 @@ pub(crate) struct Versions {
     view: Mutex<View>,
     /// Single flight for on-demand refreshes.
     refreshing: tokio::sync::Mutex<()>,
+    /// One reconcile at a time in this process: the broker-side lock is an exclusive queue of
+    /// the connection, which every task of this process could take at once (and the first
+    /// to finish would release it under the others).
+    reconciling: tokio::sync::Mutex<()>,
     presence: Mutex<Option<Consumer>>,
     /// Whether the hand-off wait queue was declared (on first use).
     handoff_declared: std::sync::atomic::AtomicBool,
@@ -281,6 +285,7 @@ impl Topology {
                 .map_err(|e| e.for_service(&self.queue))?;
         }
 
+        let _one = self.versions.reconciling.lock().await;
         let _lock = self.lock(broker, LOCK_WAIT).await?;
         // Visible first, then bound, then recorded: a reconcile elsewhere never sees our
         // record without seeing us run.
@@ -420,6 +425,7 @@ impl Topology {
 
     /// Reconciles under the lock (waiting for it briefly).
     async fn reconcile(&self, broker: &Broker) -> Result<Vec<String>, BrokerError> {
+        let _one = self.versions.reconciling.lock().await;
         let lock = self.lock(broker, Duration::from_secs(5)).await?;
         let r = self.reconcile_locked(broker).await;
         lock.release().await;
@@ -436,6 +442,8 @@ impl Topology {
     /// bound again.
     async fn reconcile_locked(&self, broker: &Broker) -> Result<Vec<String>, BrokerError> {
         let deadline = tokio::time::Instant::now() + self.reconcile_timeout;
+        // The view it leaves is as fresh as its reads: good for deliveries that came before.
+        let started = Instant::now();
         let mut browser =
             match tokio::time::timeout_at(deadline, broker.browse(&self.record_queue())).await {
                 Ok(b) => b?,
@@ -444,7 +452,11 @@ impl Topology {
         let found = tokio::time::timeout_at(deadline, self.read(broker, &mut browser)).await;
         let result = match found {
             Ok(Ok(found)) if tokio::time::Instant::now() < deadline => {
-                match tokio::time::timeout(self.reconcile_timeout, self.apply(broker, found)).await
+                match tokio::time::timeout(
+                    self.reconcile_timeout,
+                    self.apply(broker, found, started),
+                )
+                .await
                 {
                     Ok(r) => r,
                     Err(_) => Err(self.timed_out("writing (records of versions gone kept)")),
@@ -570,7 +582,12 @@ impl Topology {
 
     /// The write phase, on what [`Self::read`] found: our own presence, bindings and record
     /// first, then the stale bindings, then the records of versions gone.
-    async fn apply(&self, broker: &Broker, found: Found) -> Result<Vec<String>, BrokerError> {
+    async fn apply(
+        &self,
+        broker: &Broker,
+        found: Found,
+        started: Instant,
+    ) -> Result<Vec<String>, BrokerError> {
         let own = self.version();
         let Found {
             records,
@@ -637,7 +654,7 @@ impl Topology {
             }
         }
         let mut view = View {
-            fetched: Some(Instant::now()),
+            fetched: Some(started),
             ..View::default()
         };
         for (r, _) in records.iter().filter(|(r, _)| r.version != own) {
