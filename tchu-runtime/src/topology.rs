@@ -1038,7 +1038,8 @@ mod tests {
         v2.declare(&b).await.expect("v2");
         let presence = format!("svc.tchu.v.{}", v1.version());
         // v1 loses its connection: its presence consumer is gone, the queue stays.
-        if let Some(c) = lock(&v1.versions.presence).take() {
+        let presence_consumer = lock(&v1.versions.presence).take();
+        if let Some(c) = presence_consumer {
             c.close().await;
         }
         b.declare_queue(&presence_spec(&presence))
