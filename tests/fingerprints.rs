@@ -217,7 +217,7 @@ async fn two_versions_side_by_side() {
 
         if strict {
             assert_eq!(received(&mut rx, 2).await, [2, 3]);
-            let dead = client.dead_letters(&service).await.expect("dlq");
+            let dead = client.dead_letters(&service, 10_000).await.expect("dlq");
             assert_eq!(dead.len(), 1, "{dead:?}");
             let reason = &dead[0].reason;
             assert!(
@@ -236,7 +236,7 @@ async fn two_versions_side_by_side() {
             );
         } else {
             assert_eq!(received(&mut rx, 3).await, [1, 2, 3]);
-            let dead = client.dead_letters(&service).await.expect("dlq");
+            let dead = client.dead_letters(&service, 10_000).await.expect("dlq");
             assert!(dead.is_empty(), "{dead:?}");
         }
         assert_eq!(

@@ -153,8 +153,16 @@ async fn a_required_context_that_cannot_be_built_dead_letters_as_unauthorized() 
         line.as_deref().is_some_and(|l| l.starts_with("order 9 ")),
         "{line:?}"
     );
-    let dead = t.client().dead_letters("orders").await.expect("dlq");
+    let dead = t
+        .client()
+        .dead_letters("orders", 10_000)
+        .await
+        .expect("dlq");
     assert_eq!(dead.len(), 1, "{dead:?}");
+    // Bounded by its limit, and reading removes nothing.
+    let none = t.client().dead_letters("orders", 0).await.expect("dlq");
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(t.client().queue_len("orders.dlq").await.expect("len"), 1);
     assert!(
         dead[0].reason.starts_with("unauthorized: no user_id"),
         "{}",
@@ -222,7 +230,7 @@ async fn a_run_longer_than_the_service_timeout_is_stopped_and_dead_lettered() {
     assert_eq!(got, Some(1));
     let deadline = tokio::time::Instant::now() + WAIT;
     let dead = loop {
-        let dead = t.client().dead_letters("slow").await.expect("dlq");
+        let dead = t.client().dead_letters("slow", 10_000).await.expect("dlq");
         if !dead.is_empty() || tokio::time::Instant::now() > deadline {
             break dead;
         }

@@ -344,7 +344,7 @@ async fn exhausted_and_permanent_failures_are_dead_lettered_then_replayed() {
     );
     wait_stats(&r, "2 dead letters", |s| s.dead_lettered == 2).await;
 
-    let mut dls = tokio::time::timeout(WAIT, client.dead_letters(&svc))
+    let mut dls = tokio::time::timeout(WAIT, client.dead_letters(&svc, 10_000))
         .await
         .expect("dead_letters timed out")
         .expect("dead_letters");
@@ -480,7 +480,10 @@ async fn panicking_handler_is_dead_lettered_and_the_service_keeps_serving() {
         .await
         .expect("publish");
     assert_eq!(recv_n(&mut rx, 1).await, vec![4]);
-    let mut dls = client.dead_letters(&svc).await.expect("dead letters");
+    let mut dls = client
+        .dead_letters(&svc, 10_000)
+        .await
+        .expect("dead letters");
     dls.sort_by(|a, b| a.reason.cmp(&b.reason));
     let reasons: Vec<&str> = dls.iter().map(|d| d.reason.as_str()).collect();
     eprintln!("panic dead letters: {reasons:?}");
@@ -732,7 +735,7 @@ async fn poison_messages_are_dead_lettered_and_the_consumer_never_stops() {
     assert_eq!(recv_n(&mut rx, 1).await, vec![10_000]);
     assert_quiet(&mut rx, Duration::from_millis(300)).await;
 
-    let dls = tokio::time::timeout(Duration::from_secs(60), client.dead_letters(&svc))
+    let dls = tokio::time::timeout(Duration::from_secs(60), client.dead_letters(&svc, 10_000))
         .await
         .expect("dead_letters timed out")
         .expect("dead_letters");

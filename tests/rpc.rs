@@ -415,7 +415,10 @@ async fn a_failing_observer_neither_answers_nor_loses_its_records() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let dead = c.dead_letters(&audit_svc).await.expect("dead letters");
+    let dead = c
+        .dead_letters(&audit_svc, 10_000)
+        .await
+        .expect("dead letters");
     assert_eq!(dead.len(), CALLS);
     for d in &dead {
         assert_eq!(d.reason, "audit store down (after 3 attempts)");

@@ -117,7 +117,10 @@ async fn a_handler_that_never_returns_times_out_and_the_others_flow() {
     assert_eq!((s.handled, s.timed_out, s.retried), (N - 1, 2, 1), "{s:?}");
 
     let svc = names.service("svc");
-    let dead = client.dead_letters(&svc).await.expect("dead letters");
+    let dead = client
+        .dead_letters(&svc, 10_000)
+        .await
+        .expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert_eq!(
         dead[0].reason,
@@ -193,7 +196,10 @@ async fn a_panicking_context_helper_fails_that_delivery_only() {
     eprintln!("{s:?}");
     assert_eq!((s.handled, s.failed, s.retried), (N - 1, 2, 1), "{s:?}");
     let svc = names.service("svc");
-    let dead = client.dead_letters(&svc).await.expect("dead letters");
+    let dead = client
+        .dead_letters(&svc, 10_000)
+        .await
+        .expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]

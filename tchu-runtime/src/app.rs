@@ -787,4 +787,6 @@ async fn consume_loop(
     let _ = tokio::time::timeout(Duration::from_secs(5), settler_task).await;
     // Bounded: closing a channel of a connection that is down may never complete.
     let _ = tokio::time::timeout(Duration::from_secs(5), consumer.close()).await;
+    // A graceful stop says so: the other versions see this one gone at once (bounded).
+    resubscribe.topology.leave(&broker).await;
 }

@@ -184,13 +184,19 @@ impl Client {
         r.map(|()| out)
     }
 
-    /// Every dead letter of `service`, without removing any. This holds them all in memory:
-    /// for a large queue use [`Client::browse_dead_letters`] or [`Client::dead_letters_page`].
+    /// The first `limit` dead letters of `service` (at most), in queue order, without removing
+    /// any: memory is bounded by `limit`, whatever the queue holds. To go through a large
+    /// queue, use [`Client::browse_dead_letters`] (one letter at a time) or
+    /// [`Client::dead_letters_page`]; [`Client::queue_len`] of `<service>.dlq` gives the total.
     ///
     /// # Errors
     /// The dead-letter queue does not exist, or a broker failure.
-    pub async fn dead_letters(&self, service: &str) -> Result<Vec<DeadLetter>, BrokerError> {
-        self.dead_letters_page(service, 0, usize::MAX).await
+    pub async fn dead_letters(
+        &self,
+        service: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BrokerError> {
+        self.dead_letters_page(service, 0, limit).await
     }
 
     /// The ids of the handlers that have dead letters in `service`'s queue, with how many each

@@ -677,6 +677,35 @@ impl AmqpBroker {
         .await
     }
 
+    /// Deletes `queue` unless it has consumers; `true` when it was deleted, `false` when it is
+    /// in use or does not exist.
+    pub(crate) async fn delete_queue_if_unused(&self, queue: &str) -> Result<bool, BrokerError> {
+        self.with_channel_map(
+            |ch| async move {
+                let r = ch
+                    .queue_delete(
+                        queue.into(),
+                        QueueDeleteOptions {
+                            if_unused: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                match r {
+                    Ok(_) => Ok(true),
+                    Err(e)
+                        if is_precondition_failed(&e) || is_soft(&e, AMQPSoftError::NOTFOUND) =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            },
+            |e| BrokerError::with_source(format!("cannot delete queue `{queue}`"), e),
+        )
+        .await
+    }
+
     pub(crate) async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
         self.with_channel(
             &format!("cannot delete exchange `{name}`"),

@@ -250,6 +250,20 @@ impl MemoryBroker {
         Ok(())
     }
 
+    /// Deletes `q` unless it has consumers; `true` when it was deleted.
+    pub(crate) fn delete_queue_if_unused(&self, q: &str) -> bool {
+        let mut st = self.lock();
+        if st
+            .queues
+            .get(q)
+            .is_none_or(|queue| !queue.consumers.is_empty())
+        {
+            return false;
+        }
+        st.remove_queue(q);
+        true
+    }
+
     /// Removes the ready messages of `q`; returns how many.
     pub(crate) fn purge_queue(&self, q: &str) -> Result<u32, BrokerError> {
         let mut st = self.lock();

@@ -312,6 +312,14 @@ impl Broker {
         }
     }
 
+    /// Deletes a queue unless it has consumers (then, or when it does not exist, `false`).
+    pub(crate) async fn delete_queue_if_unused(&self, queue: &str) -> Result<bool, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.delete_queue_if_unused(queue).await,
+            Broker::Memory(b) => Ok(b.delete_queue_if_unused(queue)),
+        }
+    }
+
     pub(crate) async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
         match self {
             Broker::Amqp(b) => b.delete_exchange(name).await,
