@@ -425,88 +425,91 @@ fn panel(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60);
+    let bars = Bars {
+        sides: &sides,
+        groups,
+        value,
+        y_desc,
+    };
     if log {
         let lo = (min / 2.0).max(1e-3);
         let hi = max * 2.0;
         let chart = builder.build_cartesian_2d(0f64..n, (lo..hi).log_scale())?;
-        bars(
-            chart,
-            &sides,
-            groups,
-            value,
-            y_desc,
-            lo,
-            SeriesLabelPosition::UpperLeft,
-        )
+        bars.draw(chart, lo, SeriesLabelPosition::UpperLeft)
     } else {
         let chart = builder.build_cartesian_2d(0f64..n, 0f64..max * 1.15)?;
-        bars(
-            chart,
-            &sides,
-            groups,
-            value,
-            y_desc,
-            0.0,
-            SeriesLabelPosition::UpperRight,
-        )
+        bars.draw(chart, 0.0, SeriesLabelPosition::UpperRight)
     }
 }
 
-/// Draws a panel's mesh, one bar per group and side (from `base` up to its `value`), the group
-/// names under them and the legend at `legend`, on a y axis `Y` (linear or log scale).
-fn bars<'a, Y>(
-    mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
-    sides: &[Side],
-    groups: &[(&'static str, &str)],
-    value: impl Fn(&'static str, Side) -> Option<f64>,
-    y_desc: &str,
-    base: f64,
-    legend: SeriesLabelPosition,
-) -> Res<()>
-where
-    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
-{
-    let bar_w = 0.8 / sides.len().max(1) as f64;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(0)
-        .y_desc(y_desc)
-        .draw()?;
-    for (si, side) in sides.iter().enumerate() {
-        let bars: Vec<Rectangle<(f64, f64)>> = groups
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (k, _))| {
-                let v = value(k, *side)?;
-                let x0 = i as f64 + 0.1 + bar_w * si as f64;
-                Some(Rectangle::new(
-                    [(x0, base), (x0 + bar_w, v)],
-                    side_color(*side).filled(),
-                ))
-            })
-            .collect();
-        let c = side_color(*side);
+/// What a panel shows: one bar per group and side, of height `value(group key, side)`.
+struct Bars<'p, V> {
+    sides: &'p [Side],
+    groups: &'p [(&'static str, &'p str)],
+    value: V,
+    y_desc: &'p str,
+}
+
+impl<V: Fn(&'static str, Side) -> Option<f64>> Bars<'_, V> {
+    /// Draws the mesh, the bars (from `base` up), the group names under them and the legend at
+    /// `legend`, on a y axis `Y` (linear or log scale).
+    fn draw<'a, Y>(
+        &self,
+        mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+        base: f64,
+        legend: SeriesLabelPosition,
+    ) -> Res<()>
+    where
+        Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        let &Bars {
+            sides,
+            groups,
+            ref value,
+            y_desc,
+        } = self;
+        let bar_w = 0.8 / sides.len().max(1) as f64;
         chart
-            .draw_series(bars)?
-            .label(side.label())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc(y_desc)
+            .draw()?;
+        for (si, side) in sides.iter().enumerate() {
+            let bars: Vec<Rectangle<(f64, f64)>> = groups
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (k, _))| {
+                    let v = value(k, *side)?;
+                    let x0 = i as f64 + 0.1 + bar_w * si as f64;
+                    Some(Rectangle::new(
+                        [(x0, base), (x0 + bar_w, v)],
+                        side_color(*side).filled(),
+                    ))
+                })
+                .collect();
+            let c = side_color(*side);
+            chart
+                .draw_series(bars)?
+                .label(side.label())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+        }
+        chart.draw_series(groups.iter().enumerate().map(|(i, (_, name))| {
+            EmptyElement::at((i as f64 + 0.5, base))
+                + Text::new(
+                    (*name).to_owned(),
+                    (-30, 8),
+                    ("sans-serif", 12).into_font().color(&BLACK),
+                )
+        }))?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(legend)
+            .draw()?;
+        Ok(())
     }
-    chart.draw_series(groups.iter().enumerate().map(|(i, (_, name))| {
-        EmptyElement::at((i as f64 + 0.5, base))
-            + Text::new(
-                (*name).to_owned(),
-                (-30, 8),
-                ("sans-serif", 12).into_font().color(&BLACK),
-            )
-    }))?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(legend)
-        .draw()?;
-    Ok(())
 }
 
 /// Writes the SVG: latency percentiles (log scale) and throughput, raw vs tchu.
