@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use tchu::{App, Client, Config, MemoryBroker, Meta, RpcError, State};
+use tchu::{App, Client, Config, Meta, RpcError, State};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What the handlers report to `main`, so the demo can print and end.
@@ -98,8 +98,8 @@ mod analytics {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let broker = MemoryBroker::new();
-    let client = Client::connect(Config::memory(&broker)).await?;
+    // `memory://`: one in-process broker, made by this client and shared by the services below.
+    let client = Client::connect(Config::memory()).await?;
     let _ = tchu::set_default(client.clone());
     let (log, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
 
@@ -109,7 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("notifications", "quickstart::notifications"),
         ("analytics", "quickstart::analytics"),
     ] {
-        let app = App::new(Config::memory(&broker))
+        let app = App::new(Config::memory())
             .client(client.clone())
             .service(name)
             .only_module(module)
@@ -182,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn users_answers_rpc_and_its_events_are_captured() {
         let (log, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let app = App::new(Config::memory(&MemoryBroker::new()))
+        let app = App::new(Config::memory())
             .service("users")
             .only_module("quickstart::users")
             .state(log);

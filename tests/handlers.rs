@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tchu::testing::TestApp;
-use tchu::{App, Client, Config, Context, ContextError, Delivery, MemoryBroker, Meta, State};
+use tchu::{App, Client, Config, Context, ContextError, Delivery, Meta, State};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -75,7 +75,7 @@ fn user_from_event(event: &serde_json::Value, _meta: &Meta) -> Result<User, Cont
 }
 
 fn app(seen: Seen) -> App {
-    App::new(Config::memory(&MemoryBroker::new()))
+    App::new(Config::memory())
         .service("orders")
         .only_module("handlers::every_argument")
         .state(seen)
@@ -176,7 +176,7 @@ async fn a_required_context_that_cannot_be_built_dead_letters_as_unauthorized() 
 #[tokio::test]
 async fn run_time_handlers_get_bindings_like_static_ones() {
     let (tx, mut rx) = unbounded_channel::<String>();
-    let app = App::new(Config::memory(&MemoryBroker::new()))
+    let app = App::new(Config::memory())
         .service("plugins")
         .only_module("none")
         .subscribe("plugin.*", "plugin-listener", move |d: Arc<Delivery>| {
@@ -201,7 +201,7 @@ async fn run_time_handlers_get_bindings_like_static_ones() {
 #[tokio::test]
 async fn a_run_longer_than_the_service_timeout_is_stopped_and_dead_lettered() {
     let (tx, mut rx) = unbounded_channel::<u64>();
-    let app = App::new(Config::memory(&MemoryBroker::new()))
+    let app = App::new(Config::memory())
         .service("slow")
         .only_module("none")
         .handler_timeout(Duration::from_millis(200))
@@ -252,7 +252,7 @@ async fn a_run_longer_than_the_service_timeout_is_stopped_and_dead_lettered() {
 #[tokio::test]
 async fn a_handler_publishes_through_its_own_app() {
     let first = TestApp::start(
-        App::new(Config::memory(&MemoryBroker::new()))
+        App::new(Config::memory())
             .service("first")
             .only_module("none")
             .subscribe("first.ping", "first-ping", |_d: Arc<Delivery>| async {
@@ -264,7 +264,7 @@ async fn a_handler_publishes_through_its_own_app() {
     .expect("start first");
     // Started second: the process default client is the first app's (or an earlier one's).
     let second = TestApp::start(
-        App::new(Config::memory(&MemoryBroker::new()))
+        App::new(Config::memory())
             .service("second")
             .only_module("none")
             .subscribe("second.ping", "second-ping", |_d: Arc<Delivery>| async {

@@ -136,7 +136,7 @@ fn serde_roundtrip_keeps_field_attributes() {
 #[tokio::test]
 async fn publish_with_validates_first() {
     let broker = tchu::MemoryBroker::new();
-    let client = tchu::Client::connect(tchu::Config::memory(&broker))
+    let client = tchu::Client::connect_memory(tchu::Config::memory(), &broker)
         .await
         .unwrap();
     let bad = UserCreated {

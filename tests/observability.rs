@@ -17,7 +17,8 @@ const WAIT: Duration = Duration::from_secs(10);
 /// An app on `broker` with only the run-time handlers given (this binary has no link-time
 /// ones, but stay explicit).
 fn app(broker: &MemoryBroker, service: &str) -> App {
-    App::new(Config::memory(broker))
+    App::new(Config::memory())
+        .broker(broker)
         .service(service)
         .only_module("none")
 }
@@ -28,7 +29,7 @@ async fn a_handlers_nested_publish_continues_the_trace() {
     // The relay: gets `order.placed`, publishes `order.relayed` with the delivery's client
     // (the `Client` extractor is the same client), and `order.audited` with a client of its
     // own, to show that any client picks the context up.
-    let other = tchu::Client::connect(Config::memory(&broker))
+    let other = tchu::Client::connect_memory(Config::memory(), &broker)
         .await
         .unwrap();
     let relay =

@@ -80,6 +80,16 @@ impl TestDb {
         TestDb { name, url, pool }
     }
 
+    /// [`TestDb::new`] with the tests' own tables ([`TEST_TABLES`]).
+    async fn with_tables(test: &str) -> TestDb {
+        let db = TestDb::new(test).await;
+        sqlx::raw_sql(TEST_TABLES)
+            .execute(&db.pool)
+            .await
+            .expect("tables");
+        db
+    }
+
     async fn drop_db(self) {
         self.pool.close().await;
         let admin = PgPoolOptions::new()
@@ -192,11 +202,7 @@ fn check_order(received: &[(String, Step)]) -> (usize, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_publishes_nothing_commit_publishes_in_order_per_key() {
     let names = Names::new("outbox_order");
-    let db = TestDb::new("order").await;
-    sqlx::raw_sql(TEST_TABLES)
-        .execute(&db.pool)
-        .await
-        .expect("tables");
+    let db = TestDb::with_tables("order").await;
     let client = names.client().await;
     let mut rx = tail_steps(&client).await;
     let relay = Relay::new(db.pool.clone(), client.clone()).spawn();
@@ -305,11 +311,7 @@ async fn rollback_publishes_nothing_commit_publishes_in_order_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_runs_a_handler_once_per_message_and_commits_with_it() {
     let names = Names::new("outbox_inbox");
-    let db = TestDb::new("inbox").await;
-    sqlx::raw_sql(TEST_TABLES)
-        .execute(&db.pool)
-        .await
-        .expect("tables");
+    let db = TestDb::with_tables("inbox").await;
     let client = names.client().await;
     let runs = Arc::new(AtomicU64::new(0));
     let fail_first = Arc::new(AtomicBool::new(true));
@@ -589,11 +591,7 @@ async fn kill_9_at_every_step() {
         return;
     }
     let names = Names::new("outbox_kill");
-    let db = TestDb::new("kill").await;
-    sqlx::raw_sql(TEST_TABLES)
-        .execute(&db.pool)
-        .await
-        .expect("tables");
+    let db = TestDb::with_tables("kill").await;
     let client = names.client().await;
     let mut rx = tail_steps(&client).await;
     // The consumer with an inbox: one row per event in its table, whatever the duplicates.
@@ -898,11 +896,7 @@ async fn broker_cut_for_30s_while_5000_transactions_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_the_slots_and_replay_publishes_again() {
     let names = Names::new("outbox_share");
-    let db = TestDb::new("share").await;
-    sqlx::raw_sql(TEST_TABLES)
-        .execute(&db.pool)
-        .await
-        .expect("tables");
+    let db = TestDb::with_tables("share").await;
     let client = names.client().await;
     let mut rx = tail_steps(&client).await;
     let relay = |id: &str| {

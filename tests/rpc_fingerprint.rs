@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tchu::testing::TestApp;
-use tchu::{App, Config, MemoryBroker, Meta};
+use tchu::{App, Config, Meta};
 
 /// The reply: the fingerprint the responder received, if any.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -35,7 +35,7 @@ async fn quote(_q: Quote, meta: Meta) -> Seen {
 
 #[tokio::test]
 async fn typed_calls_carry_the_request_fingerprint_untyped_ones_none() {
-    let app = App::new(Config::memory(&MemoryBroker::new())).service("rpcfp");
+    let app = App::new(Config::memory()).service("rpcfp");
     let t = TestApp::start(app).await.expect("start");
     let wait = Some(Duration::from_secs(5));
     let expected = tchu::fingerprint::of::<Quote>().map(str::to_owned);

@@ -129,8 +129,8 @@ pub(crate) async fn confirm_channel(conn: &Connection) -> Res<Channel> {
     Ok(ch)
 }
 
-/// Declares the durable topic exchange, a durable queue and one binding.
-pub(crate) async fn declare(ch: &Channel, exchange: &str, queue: &str, pattern: &str) -> Res<()> {
+/// Declares the durable topic exchange.
+async fn declare_exchange(ch: &Channel, exchange: &str) -> Res<()> {
     ch.exchange_declare(
         exchange.into(),
         lapin::ExchangeKind::Topic,
@@ -141,6 +141,12 @@ pub(crate) async fn declare(ch: &Channel, exchange: &str, queue: &str, pattern: 
         FieldTable::default(),
     )
     .await?;
+    Ok(())
+}
+
+/// Declares the durable topic exchange, a durable queue and one binding.
+pub(crate) async fn declare(ch: &Channel, exchange: &str, queue: &str, pattern: &str) -> Res<()> {
+    declare_exchange(ch, exchange).await?;
     ch.queue_declare(
         queue.into(),
         QueueDeclareOptions {
@@ -194,16 +200,7 @@ impl Publisher {
     pub(crate) async fn connect(url: &str, exchange: &str, body: Body) -> Res<Self> {
         let conn = connect(url).await?;
         let ch = confirm_channel(&conn).await?;
-        ch.exchange_declare(
-            exchange.into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+        declare_exchange(&ch, exchange).await?;
         Ok(Publisher {
             conn,
             ch,
@@ -237,140 +234,128 @@ impl Publisher {
     }
 }
 
-/// A consuming service: its own connection and channel, prefetch, inline handling, multi-acks.
+/// The set-up of [`service`] and [`responder`]: a connection of their own, a channel with the
+/// exchange, queue and binding declared and `prefetch` set, and a consumer on the queue tagged
+/// `<tag>-<uuid>`.
+async fn consume(
+    url: &str,
+    (exchange, queue, pattern): (&str, &str, &str),
+    prefetch: u16,
+    tag: &str,
+) -> Res<(Connection, Channel, lapin::Consumer)> {
+    let conn = connect(url).await?;
+    let ch = conn.create_channel().await?;
+    declare(&ch, exchange, queue, pattern).await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let consumer = ch
+        .basic_consume(
+            queue.into(),
+            ShortString::from(format!("{tag}-{}", uuid::Uuid::new_v4())),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, ch, consumer))
+}
+
+/// A running consumer ([`service`] or [`responder`]): its connection and the task that reads
+/// it.
 #[derive(Debug)]
-pub(crate) struct Service {
+pub(crate) struct Consuming {
     conn: Connection,
     task: JoinHandle<()>,
 }
 
-impl Service {
-    pub(crate) async fn start(
-        url: &str,
-        exchange: &str,
-        queue: &str,
-        pattern: &str,
-        prefetch: u16,
-        counter: Arc<Counter>,
-        body: Body,
-    ) -> Res<Self> {
-        let conn = connect(url).await?;
-        let ch = conn.create_channel().await?;
-        declare(&ch, exchange, queue, pattern).await?;
-        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let mut consumer = ch
-            .basic_consume(
-                queue.into(),
-                ShortString::from(format!("raw-{}", uuid::Uuid::new_v4())),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let task = tokio::spawn(async move {
-            let multiple = BasicAckOptions { multiple: true };
-            let mut last: Option<u64> = None;
-            let mut unacked = 0u32;
-            loop {
-                let next = match consumer.next().now_or_never() {
-                    Some(n) => n,
-                    None => {
-                        if let Some(tag) = last.take() {
-                            let _ = ch.basic_ack(tag, multiple).await;
-                            unacked = 0;
-                        }
-                        consumer.next().await
-                    }
-                };
-                let Some(Ok(d)) = next else { break };
-                if let Some(v) = body.event(&d.data) {
-                    counter.hit(&v);
-                }
-                last = Some(d.delivery_tag);
-                unacked += 1;
-                if unacked >= ACK_BATCH {
-                    let _ = ch.basic_ack(d.delivery_tag, multiple).await;
-                    last = None;
-                    unacked = 0;
-                }
-            }
-        });
-        Ok(Service { conn, task })
-    }
-
+impl Consuming {
     pub(crate) async fn stop(self) {
         self.task.abort();
         let _ = self.conn.close(200, ShortString::from("bye")).await;
     }
+}
+
+/// A consuming service: its own connection and channel, prefetch, inline handling, multi-acks.
+pub(crate) async fn service(
+    url: &str,
+    (exchange, queue, pattern): (&str, &str, &str),
+    prefetch: u16,
+    counter: Arc<Counter>,
+    body: Body,
+) -> Res<Consuming> {
+    let (conn, ch, mut consumer) =
+        consume(url, (exchange, queue, pattern), prefetch, "raw").await?;
+    let task = tokio::spawn(async move {
+        let multiple = BasicAckOptions { multiple: true };
+        let mut last: Option<u64> = None;
+        let mut unacked = 0u32;
+        loop {
+            let next = match consumer.next().now_or_never() {
+                Some(n) => n,
+                None => {
+                    if let Some(tag) = last.take() {
+                        let _ = ch.basic_ack(tag, multiple).await;
+                        unacked = 0;
+                    }
+                    consumer.next().await
+                }
+            };
+            let Some(Ok(d)) = next else { break };
+            if let Some(v) = body.event(&d.data) {
+                counter.hit(&v);
+            }
+            last = Some(d.delivery_tag);
+            unacked += 1;
+            if unacked >= ACK_BATCH {
+                let _ = ch.basic_ack(d.delivery_tag, multiple).await;
+                last = None;
+                unacked = 0;
+            }
+        }
+    });
+    Ok(Consuming { conn, task })
 }
 
 /// An RPC responder: consumes requests (prefetch, manual acks), handles each in its own task,
 /// replies to `reply_to` on a confirm-mode channel, waits for that confirm, then acks.
-#[derive(Debug)]
-pub(crate) struct Responder {
-    conn: Connection,
-    task: JoinHandle<()>,
-}
-
-impl Responder {
-    pub(crate) async fn start(
-        url: &str,
-        exchange: &str,
-        queue: &str,
-        pattern: &str,
-        prefetch: u16,
-    ) -> Res<Self> {
-        let conn = connect(url).await?;
-        let ch = conn.create_channel().await?;
-        declare(&ch, exchange, queue, pattern).await?;
-        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let reply_ch = confirm_channel(&conn).await?;
-        let mut consumer = ch
-            .basic_consume(
-                queue.into(),
-                ShortString::from(format!("raw-rpc-{}", uuid::Uuid::new_v4())),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let task = tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
-                let reply_ch = reply_ch.clone();
-                tokio::spawn(async move {
-                    let req: serde_json::Value =
-                        serde_json::from_slice(&d.data).unwrap_or_default();
-                    let body =
-                        serde_json::to_vec(&serde_json::json!({ "echo": req })).unwrap_or_default();
-                    if let (Some(to), Some(cid)) =
-                        (d.properties.reply_to(), d.properties.correlation_id())
+pub(crate) async fn responder(
+    url: &str,
+    (exchange, queue, pattern): (&str, &str, &str),
+    prefetch: u16,
+) -> Res<Consuming> {
+    let (conn, _ch, mut consumer) =
+        consume(url, (exchange, queue, pattern), prefetch, "raw-rpc").await?;
+    let reply_ch = confirm_channel(&conn).await?;
+    let task = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let reply_ch = reply_ch.clone();
+            tokio::spawn(async move {
+                let req: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
+                let body =
+                    serde_json::to_vec(&serde_json::json!({ "echo": req })).unwrap_or_default();
+                if let (Some(to), Some(cid)) =
+                    (d.properties.reply_to(), d.properties.correlation_id())
+                {
+                    let props = BasicProperties::default()
+                        .with_delivery_mode(1)
+                        .with_content_type("application/json".into())
+                        .with_correlation_id(cid.clone());
+                    if let Ok(c) = reply_ch
+                        .basic_publish(
+                            "".into(),
+                            to.clone(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            props,
+                        )
+                        .await
                     {
-                        let props = BasicProperties::default()
-                            .with_delivery_mode(1)
-                            .with_content_type("application/json".into())
-                            .with_correlation_id(cid.clone());
-                        if let Ok(c) = reply_ch
-                            .basic_publish(
-                                "".into(),
-                                to.clone(),
-                                BasicPublishOptions::default(),
-                                &body,
-                                props,
-                            )
-                            .await
-                        {
-                            let _ = c.await;
-                        }
+                        let _ = c.await;
                     }
-                    let _ = d.acker.ack(BasicAckOptions::default()).await;
-                });
-            }
-        });
-        Ok(Responder { conn, task })
-    }
-
-    pub(crate) async fn stop(self) {
-        self.task.abort();
-        let _ = self.conn.close(200, ShortString::from("bye")).await;
-    }
+                }
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            });
+        }
+    });
+    Ok(Consuming { conn, task })
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::common::{Res, median};
@@ -146,16 +148,26 @@ fn cell(samples: &Samples, key: &'static str, side: Side) -> Option<(f64, String
     Some((med, s))
 }
 
+/// A cell as shown: the median with its spread, or a dash when not measured.
+fn show(c: &Option<(f64, String)>) -> String {
+    c.as_ref().map_or("–".to_owned(), |c| c.1.clone())
+}
+
+/// Whether a target was met, as the tables say it.
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
 fn verdict(target: Target, tchu: f64, raw: f64) -> String {
     let ratio = tchu / raw;
     match target {
         Target::RatioAtLeast(x) => {
-            format!("≥ {x}×: {}", if ratio >= x { "met" } else { "NOT met" })
+            format!("≥ {x}×: {}", met(ratio >= x))
         }
         Target::RatioAtMost(x) => {
-            format!("≤ {x}×: {}", if ratio <= x { "met" } else { "NOT met" })
+            format!("≤ {x}×: {}", met(ratio <= x))
         }
-        Target::AtMost(x) => format!("≤ {x}: {}", if tchu <= x { "met" } else { "NOT met" }),
+        Target::AtMost(x) => format!("≤ {x}: {}", met(tchu <= x)),
     }
 }
 
@@ -192,7 +204,6 @@ pub(crate) fn table(samples: &Samples) -> String {
             }
             _ => String::new(),
         };
-        let show = |x: &Option<(f64, String)>| x.as_ref().map_or("–".to_owned(), |c| c.1.clone());
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -343,11 +354,10 @@ pub(crate) fn versus_table(samples: &Samples) -> String {
             _ => None,
         };
         let targ = match (row.target, adv) {
-            (Some(x), Some(a)) => format!("≥ {x}×: {}", if a >= x { "met" } else { "NOT met" }),
+            (Some(x), Some(a)) => format!("≥ {x}×: {}", met(a >= x)),
             (Some(x), None) => format!("≥ {x}×"),
             _ => String::new(),
         };
-        let show = |x: &Option<(f64, String)>| x.as_ref().map_or("–".to_owned(), |c| c.1.clone());
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} |",
@@ -415,62 +425,50 @@ fn panel(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60);
-    let bar_w = 0.8 / sides.len().max(1) as f64;
-    let labels = |chart_y: f64| -> Vec<(f64, f64, &str)> {
-        groups
-            .iter()
-            .enumerate()
-            .map(|(i, (_, name))| {
-                let x = i as f64 + 0.5;
-                (x, chart_y, *name)
-            })
-            .collect()
+    let bars = Bars {
+        sides: &sides,
+        groups,
+        value,
+        y_desc,
     };
     if log {
         let lo = (min / 2.0).max(1e-3);
         let hi = max * 2.0;
-        let mut chart = builder.build_cartesian_2d(0f64..n, (lo..hi).log_scale())?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(0)
-            .y_desc(y_desc)
-            .draw()?;
-        for (si, side) in sides.iter().enumerate() {
-            let bars: Vec<Rectangle<(f64, f64)>> = groups
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (k, _))| {
-                    let v = value(k, *side)?;
-                    let x0 = i as f64 + 0.1 + bar_w * si as f64;
-                    Some(Rectangle::new(
-                        [(x0, lo), (x0 + bar_w, v)],
-                        side_color(*side).filled(),
-                    ))
-                })
-                .collect();
-            let c = side_color(*side);
-            chart
-                .draw_series(bars)?
-                .label(side.label())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
-        }
-        chart.draw_series(labels(lo).into_iter().map(|(x, y, t)| {
-            EmptyElement::at((x, y))
-                + Text::new(
-                    t.to_owned(),
-                    (-30, 8),
-                    ("sans-serif", 12).into_font().color(&BLACK),
-                )
-        }))?;
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+        let chart = builder.build_cartesian_2d(0f64..n, (lo..hi).log_scale())?;
+        bars.draw(chart, lo, SeriesLabelPosition::UpperLeft)
     } else {
-        let mut chart = builder.build_cartesian_2d(0f64..n, 0f64..max * 1.15)?;
+        let chart = builder.build_cartesian_2d(0f64..n, 0f64..max * 1.15)?;
+        bars.draw(chart, 0.0, SeriesLabelPosition::UpperRight)
+    }
+}
+
+/// What a panel shows: one bar per group and side, of height `value(group key, side)`.
+struct Bars<'p, V> {
+    sides: &'p [Side],
+    groups: &'p [(&'static str, &'p str)],
+    value: V,
+    y_desc: &'p str,
+}
+
+impl<V: Fn(&'static str, Side) -> Option<f64>> Bars<'_, V> {
+    /// Draws the mesh, the bars (from `base` up), the group names under them and the legend at
+    /// `legend`, on a y axis `Y` (linear or log scale).
+    fn draw<'a, Y>(
+        &self,
+        mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+        base: f64,
+        legend: SeriesLabelPosition,
+    ) -> Res<()>
+    where
+        Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        let &Bars {
+            sides,
+            groups,
+            ref value,
+            y_desc,
+        } = self;
+        let bar_w = 0.8 / sides.len().max(1) as f64;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -485,7 +483,7 @@ fn panel(
                     let v = value(k, *side)?;
                     let x0 = i as f64 + 0.1 + bar_w * si as f64;
                     Some(Rectangle::new(
-                        [(x0, 0.0), (x0 + bar_w, v)],
+                        [(x0, base), (x0 + bar_w, v)],
                         side_color(*side).filled(),
                     ))
                 })
@@ -496,10 +494,10 @@ fn panel(
                 .label(side.label())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
         }
-        chart.draw_series(labels(0.0).into_iter().map(|(x, y, t)| {
-            EmptyElement::at((x, y))
+        chart.draw_series(groups.iter().enumerate().map(|(i, (_, name))| {
+            EmptyElement::at((i as f64 + 0.5, base))
                 + Text::new(
-                    t.to_owned(),
+                    (*name).to_owned(),
                     (-30, 8),
                     ("sans-serif", 12).into_font().color(&BLACK),
                 )
@@ -508,10 +506,10 @@ fn panel(
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend)
             .draw()?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Writes the SVG: latency percentiles (log scale) and throughput, raw vs tchu.

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use tchu::{App, BrokerUrl, Client, Config, Delivery, RpcError, Running, WireFormat};
+use tchu::{App, BrokerUrl, Client, Config, Delivery, IntoOutcome, RpcError, Running, WireFormat};
 
 use crate::common::{Counter, Names, Res, WAIT, broker_url};
 use crate::raw;
@@ -82,19 +82,31 @@ fn config(side: Side, exchange: &str) -> Res<Config> {
     Ok(c)
 }
 
-/// A tchu service on `queue` with the bench's settings and no static handlers.
-fn tchu_app(side: Side, exchange: &str, queue: String) -> Res<App> {
-    Ok(App::new(config(side, exchange)?)
-        .service(queue)
-        .only_module("none")
-        .prefetch(PREFETCH))
+/// A client with the bench's settings.
+async fn tchu_client(side: Side, exchange: &str) -> Res<Client> {
+    Ok(Client::connect(config(side, exchange)?).await?)
 }
 
-/// Stops a tchu service and closes its connection.
-async fn stop_tchu(r: Running) {
-    let c = r.client().clone();
-    r.shutdown().await;
-    c.close().await;
+/// A tchu service on `queue` with the bench's settings, no static handlers and `handler` (with
+/// subscription `id`) on `pattern`.
+async fn tchu_service<F, Fut, R>(
+    side: Side,
+    exchange: &str,
+    queue: String,
+    (pattern, id): (&str, &str),
+    handler: F,
+) -> Res<Running>
+where
+    F: Fn(Arc<Delivery>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoOutcome,
+{
+    let app = App::new(config(side, exchange)?)
+        .service(queue)
+        .only_module("none")
+        .prefetch(PREFETCH)
+        .subscribe(pattern, id, handler);
+    Ok(app.start().await?)
 }
 
 /// Queues a tchu service declares besides its own.
@@ -120,7 +132,7 @@ impl Publisher {
                 raw::Publisher::connect(&broker_url(), exchange, side.raw_body()).await?,
             )),
             Side::Celery | Side::Native | Side::TchuTchu => {
-                Publisher::Tchu(Client::connect(config(side, exchange)?).await?)
+                Publisher::Tchu(tchu_client(side, exchange).await?)
             }
         }))
     }
@@ -143,10 +155,11 @@ impl Publisher {
     }
 }
 
-/// A consuming service counting what it handles.
+/// A consuming service: one that counts what it handles ([`Service::start`]) or an RPC
+/// responder ([`Service::responder`]).
 #[derive(Debug)]
 pub(crate) enum Service {
-    Raw(raw::Service),
+    Raw(raw::Consuming),
     Tchu(Running),
 }
 
@@ -161,21 +174,21 @@ impl Service {
         let queue = names.queue(name);
         Ok(match side {
             Side::Raw | Side::RawCelery => Service::Raw(
-                raw::Service::start(
+                raw::service(
                     &broker_url(),
-                    &names.exchange,
-                    &queue,
-                    pattern,
+                    (&names.exchange, &queue, pattern),
                     PREFETCH,
                     counter,
                     side.raw_body(),
                 )
                 .await?,
             ),
-            Side::Celery | Side::Native | Side::TchuTchu => {
-                let app = tchu_app(side, &names.exchange, queue)?.subscribe(
-                    pattern,
-                    "bench",
+            Side::Celery | Side::Native | Side::TchuTchu => Service::Tchu(
+                tchu_service(
+                    side,
+                    &names.exchange,
+                    queue,
+                    (pattern, "bench"),
                     move |d: Arc<Delivery>| {
                         let c = Arc::clone(&counter);
                         async move {
@@ -183,9 +196,37 @@ impl Service {
                             Ok::<(), Infallible>(())
                         }
                     },
-                );
-                Service::Tchu(app.start().await?)
-            }
+                )
+                .await?,
+            ),
+        })
+    }
+
+    /// Answers RPC requests on `pattern` with `{"echo": request}`.
+    pub(crate) async fn responder(
+        side: Side,
+        names: &Names,
+        name: &str,
+        pattern: &str,
+    ) -> Res<Self> {
+        let queue = names.queue(name);
+        Ok(match side {
+            Side::RawCelery => return Err("raw-celery has no RPC side".into()),
+            Side::Raw => Service::Raw(
+                raw::responder(&broker_url(), (&names.exchange, &queue, pattern), PREFETCH).await?,
+            ),
+            Side::Celery | Side::Native | Side::TchuTchu => Service::Tchu(
+                tchu_service(
+                    side,
+                    &names.exchange,
+                    queue,
+                    (pattern, "echo"),
+                    |d: Arc<Delivery>| async move {
+                        Ok::<_, RpcError>(serde_json::json!({ "echo": d.event.clone() }))
+                    },
+                )
+                .await?,
+            ),
         })
     }
 
@@ -193,44 +234,11 @@ impl Service {
     pub(crate) async fn stop(self) {
         match self {
             Service::Raw(s) => s.stop().await,
-            Service::Tchu(r) => stop_tchu(r).await,
-        }
-    }
-}
-
-/// Answers RPC requests on `pattern` with `{"echo": request}`.
-#[derive(Debug)]
-pub(crate) enum Responder {
-    Raw(raw::Responder),
-    Tchu(Running),
-}
-
-impl Responder {
-    pub(crate) async fn start(side: Side, names: &Names, name: &str, pattern: &str) -> Res<Self> {
-        let queue = names.queue(name);
-        Ok(match side {
-            Side::RawCelery => return Err("raw-celery has no RPC side".into()),
-            Side::Raw => Responder::Raw(
-                raw::Responder::start(&broker_url(), &names.exchange, &queue, pattern, PREFETCH)
-                    .await?,
-            ),
-            Side::Celery | Side::Native | Side::TchuTchu => {
-                let app = tchu_app(side, &names.exchange, queue)?.subscribe(
-                    pattern,
-                    "echo",
-                    |d: Arc<Delivery>| async move {
-                        Ok::<_, RpcError>(serde_json::json!({ "echo": d.event.clone() }))
-                    },
-                );
-                Responder::Tchu(app.start().await?)
+            Service::Tchu(r) => {
+                let c = r.client().clone();
+                r.shutdown().await;
+                c.close().await;
             }
-        })
-    }
-
-    pub(crate) async fn stop(self) {
-        match self {
-            Responder::Raw(s) => s.stop().await,
-            Responder::Tchu(r) => stop_tchu(r).await,
         }
     }
 }
@@ -250,7 +258,7 @@ impl Caller {
                 raw::Caller::connect(&broker_url(), exchange).await?,
             )),
             Side::Celery | Side::Native | Side::TchuTchu => {
-                Caller::Tchu(Client::connect(config(side, exchange)?).await?)
+                Caller::Tchu(tchu_client(side, exchange).await?)
             }
         }))
     }

@@ -1,6 +1,7 @@
 //! The workloads. Each run uses fresh exchange and queue names and deletes them afterwards,
 //! and returns its measurements as (row key, value) pairs.
 
+use std::ops::Range;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use crate::common::{
     Counter, Names, Res, WAIT, now_ns, payload, per_sec, percentiles_ms, proc_status_kb, shares,
 };
 use crate::raw;
-use crate::sides::{Caller, Publisher, Responder, Service, Side, cleanup};
+use crate::sides::{Caller, Publisher, Service, Side, cleanup};
 
 /// Sizes of one harness run.
 #[derive(Debug, Clone, Copy)]
@@ -92,20 +93,19 @@ pub(crate) const CALLERS: usize = 16;
 
 pub(crate) type Measured = Vec<(&'static str, f64)>;
 
-/// Publishes `n` events under `topic` from [`IN_FLIGHT`] tasks sharing one publisher.
-async fn publish_many(p: &Arc<Publisher>, topic: &'static str, n: usize) -> Res<()> {
+/// Splits `n` numbered jobs into [`shares`] for `tasks` tasks, spawns `task(range)` for each
+/// task's consecutive range of job numbers, and waits for them all; the first error fails it.
+async fn in_tasks<F, Fut>(n: usize, tasks: usize, mut task: F) -> Res<()>
+where
+    F: FnMut(Range<u64>) -> Fut,
+    Fut: Future<Output = Res<()>> + Send + 'static,
+{
     let mut set = JoinSet::new();
     let mut seq = 0u64;
-    for share in shares(n, IN_FLIGHT) {
-        let p = Arc::clone(p);
+    for share in shares(n, tasks) {
         let first = seq;
         seq += share as u64;
-        set.spawn(async move {
-            for i in 0..share as u64 {
-                p.publish(topic, &payload(first + i, now_ns())).await?;
-            }
-            Ok::<(), crate::common::BoxError>(())
-        });
+        set.spawn(task(first..seq));
     }
     while let Some(r) = set.join_next().await {
         r??;
@@ -113,14 +113,40 @@ async fn publish_many(p: &Arc<Publisher>, topic: &'static str, n: usize) -> Res<
     Ok(())
 }
 
+/// Publishes `n` events under `topic` from [`IN_FLIGHT`] tasks sharing one publisher.
+async fn publish_many(p: &Arc<Publisher>, topic: &'static str, n: usize) -> Res<()> {
+    in_tasks(n, IN_FLIGHT, |range| {
+        let p = Arc::clone(p);
+        async move {
+            for i in range {
+                p.publish(topic, &payload(i, now_ns())).await?;
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Runs `run` on fresh exchange and queue names ([`Names::new`]), then deletes the queues of
+/// `services` and the exchange, whether it succeeded or not.
+async fn on_fresh_names<T>(
+    workload: &str,
+    services: &[&str],
+    run: impl AsyncFnOnce(&Names) -> Res<T>,
+) -> Res<T> {
+    let names = Names::new(workload);
+    let out = run(&names).await;
+    cleanup(&names, services).await;
+    out
+}
+
 /// Workload 1: Publish throughput: one task awaiting each confirm, then 64 tasks at once.
 pub(crate) async fn publish(side: Side, s: &Sizes) -> Res<Measured> {
-    let names = Names::new("publish");
-    let setup = raw::connect(&crate::common::broker_url()).await?;
-    let ch = setup.create_channel().await?;
-    raw::declare(&ch, &names.exchange, &names.queue("sink"), "bench.pub.#").await?;
-    let _ = setup.close(200, "bye".into()).await;
-    let out = async {
+    on_fresh_names("publish", &["sink"], async |names| {
+        let setup = raw::connect(&crate::common::broker_url()).await?;
+        let ch = setup.create_channel().await?;
+        raw::declare(&ch, &names.exchange, &names.queue("sink"), "bench.pub.#").await?;
+        let _ = setup.close(200, "bye".into()).await;
         let p = Publisher::connect(side, &names.exchange).await?;
         for i in 0..100 {
             p.publish("bench.pub.warm", &payload(i, now_ns())).await?;
@@ -135,18 +161,15 @@ pub(crate) async fn publish(side: Side, s: &Sizes) -> Res<Measured> {
         let conc = per_sec(s.publish_conc, t.elapsed());
         p.close().await;
         Ok(vec![("publish_seq", seq), ("publish_conc", conc)])
-    }
-    .await;
-    cleanup(&names, &["sink"]).await;
-    out
+    })
+    .await
 }
 
 /// Workload 2: End to end: events through one service until all were handled.
 pub(crate) async fn e2e(side: Side, s: &Sizes) -> Res<Measured> {
-    let names = Names::new("e2e");
-    let out = async {
+    on_fresh_names("e2e", &["svc"], async |names| {
         let counter = Arc::new(Counter::new(s.e2e as u64, false));
-        let svc = Service::start(side, &names, "svc", "bench.e2e.*", Arc::clone(&counter)).await?;
+        let svc = Service::start(side, names, "svc", "bench.e2e.*", Arc::clone(&counter)).await?;
         let p = Publisher::connect(side, &names.exchange).await?;
         let t = Instant::now();
         publish_many(&p, "bench.e2e.created", s.e2e).await?;
@@ -155,21 +178,17 @@ pub(crate) async fn e2e(side: Side, s: &Sizes) -> Res<Measured> {
         p.close().await;
         svc.stop().await;
         Ok(vec![("e2e", rate)])
-    }
-    .await;
-    cleanup(&names, &["svc"]).await;
-    out
+    })
+    .await
 }
 
 /// Workload 3, paced latency: a fixed rate, each publish in its own task so a slow confirm does not
 /// delay the schedule; the handler records now − `t_ns`.
 pub(crate) async fn paced(side: Side, s: &Sizes) -> Res<Measured> {
-    let names = Names::new("paced");
-    let out = async {
+    on_fresh_names("paced", &["svc"], async |names| {
         let n = s.paced_rate * s.paced_ms / 1000;
         let counter = Arc::new(Counter::new(n, true));
-        let svc =
-            Service::start(side, &names, "svc", "bench.paced.*", Arc::clone(&counter)).await?;
+        let svc = Service::start(side, names, "svc", "bench.paced.*", Arc::clone(&counter)).await?;
         let p = Publisher::connect(side, &names.exchange).await?;
         let start = tokio::time::Instant::now();
         let interval_ns = 1_000_000_000 / s.paced_rate;
@@ -194,18 +213,15 @@ pub(crate) async fn paced(side: Side, s: &Sizes) -> Res<Measured> {
             ("paced_p95", p95),
             ("paced_p99", p99),
         ])
-    }
-    .await;
-    cleanup(&names, &["svc"]).await;
-    out
+    })
+    .await
 }
 
 /// Workload 4: RPC: sequential calls (latency percentiles and rate), then 16 concurrent callers.
 pub(crate) async fn rpc(side: Side, s: &Sizes) -> Res<Measured> {
-    let names = Names::new("rpc");
-    let out = async {
+    on_fresh_names("rpc", &["responder"], async |names| {
         // The exact topic: only a responder (not a wildcard observer) answers a request.
-        let responder = Responder::start(side, &names, "responder", "bench.rpc.echo").await?;
+        let responder = Service::responder(side, names, "responder", "bench.rpc.echo").await?;
         let caller = Caller::connect(side, &names.exchange).await?;
         let req = payload(0, 0);
         for _ in 0..50 {
@@ -224,20 +240,17 @@ pub(crate) async fn rpc(side: Side, s: &Sizes) -> Res<Measured> {
         let seq_rate = per_sec(s.rpc_seq, t.elapsed());
         let [p50, p95, p99] = percentiles_ms(lat);
         let t = Instant::now();
-        let mut set = JoinSet::new();
-        for share in shares(s.rpc_conc, CALLERS) {
+        in_tasks(s.rpc_conc, CALLERS, |range| {
             let c = Arc::clone(&caller);
             let req = req.clone();
-            set.spawn(async move {
-                for _ in 0..share {
+            async move {
+                for _ in range {
                     c.call("bench.rpc.echo", &req).await?;
                 }
-                Ok::<(), crate::common::BoxError>(())
-            });
-        }
-        while let Some(r) = set.join_next().await {
-            r??;
-        }
+                Ok(())
+            }
+        })
+        .await?;
         let conc_rate = per_sec(s.rpc_conc, t.elapsed());
         caller.close().await;
         responder.stop().await;
@@ -248,23 +261,20 @@ pub(crate) async fn rpc(side: Side, s: &Sizes) -> Res<Measured> {
             ("rpc_seq", seq_rate),
             ("rpc_conc", conc_rate),
         ])
-    }
-    .await;
-    cleanup(&names, &["responder"]).await;
-    out
+    })
+    .await
 }
 
 const FANOUT: [&str; 4] = ["s0", "s1", "s2", "s3"];
 
 /// Workload 5: Fan-out: four services bound to the same pattern; events/s until all four handled all.
 pub(crate) async fn fanout(side: Side, s: &Sizes) -> Res<Measured> {
-    let names = Names::new("fanout");
-    let out = async {
+    on_fresh_names("fanout", &FANOUT, async |names| {
         let mut counters = Vec::new();
         let mut services = Vec::new();
         for name in FANOUT {
             let c = Arc::new(Counter::new(s.fanout as u64, false));
-            services.push(Service::start(side, &names, name, "bench.fan.*", Arc::clone(&c)).await?);
+            services.push(Service::start(side, names, name, "bench.fan.*", Arc::clone(&c)).await?);
             counters.push(c);
         }
         let p = Publisher::connect(side, &names.exchange).await?;
@@ -279,10 +289,8 @@ pub(crate) async fn fanout(side: Side, s: &Sizes) -> Res<Measured> {
             svc.stop().await;
         }
         Ok(vec![("fanout", rate)])
-    }
-    .await;
-    cleanup(&names, &FANOUT).await;
-    out
+    })
+    .await
 }
 
 /// The child process: a service that reports its memory. With `n == 0` it idles two seconds
@@ -319,8 +327,7 @@ pub(crate) async fn memory(side: Side, s: &Sizes) -> Res<Measured> {
 }
 
 async fn run_child(side: Side, n: usize) -> Res<(u64, u64)> {
-    let names = Names::new("mem");
-    let out = async {
+    on_fresh_names("mem", &["svc"], async |names| {
         let exe = std::env::current_exe()?;
         let mut child = tokio::process::Command::new(exe)
             .args([
@@ -359,8 +366,6 @@ async fn run_child(side: Side, n: usize) -> Res<(u64, u64)> {
             return Err(format!("child service failed: {status}").into());
         }
         result.ok_or_else(|| "child printed no RESULT".into())
-    }
-    .await;
-    cleanup(&names, &["svc"]).await;
-    out
+    })
+    .await
 }

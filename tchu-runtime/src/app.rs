@@ -11,6 +11,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::ack::Settler;
+use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, Consumer, QueueType};
 use crate::client::Client;
 use crate::config::Config;
@@ -25,6 +26,7 @@ use crate::registry::{BoxFuture, HandlerEntry, Registry, Subscription};
 use crate::retry::RetryPolicy;
 use crate::topic::Pattern;
 use crate::topology::Topology;
+use crate::url::BrokerUrl;
 
 /// Keeps or drops a link-time subscription.
 type SubscriptionFilter = Box<dyn Fn(&Subscription) -> bool + Send + Sync>;
@@ -40,6 +42,8 @@ type SubscriptionFilter = Box<dyn Fn(&Subscription) -> bool + Send + Sync>;
 pub struct App {
     config: Config,
     client: Option<Client>,
+    /// The in-process broker handed over with [`App::broker`].
+    memory: Option<MemoryBroker>,
     filter: Option<SubscriptionFilter>,
     extra: Vec<HandlerEntry>,
     errors: Vec<SubscriptionError>,
@@ -66,6 +70,7 @@ impl App {
         App {
             config,
             client: None,
+            memory: None,
             filter: None,
             extra: Vec::new(),
             errors: Vec::new(),
@@ -152,6 +157,16 @@ impl App {
     #[must_use]
     pub fn metrics_addr(mut self, addr: SocketAddr) -> Self {
         self.config.metrics_addr = Some(addr);
+        self
+    }
+
+    /// Runs on the given in-process broker instead of the one the settings name (the app's
+    /// `broker` setting becomes `memory://`): apps and clients handed the same [`MemoryBroker`]
+    /// see each other's events. A client given with [`App::client`] wins over it.
+    #[must_use]
+    pub fn broker(mut self, broker: &MemoryBroker) -> Self {
+        self.config.broker = BrokerUrl::Memory;
+        self.memory = Some(broker.clone());
         self
     }
 
@@ -328,7 +343,10 @@ impl App {
         let client = match self.client.take() {
             Some(c) => c,
             None if self.default_client => crate::client::default_client().await?,
-            None => Client::connect(self.config.clone()).await?,
+            None => match &self.memory {
+                Some(broker) => Client::connect_memory(self.config.clone(), broker).await?,
+                None => Client::connect(self.config.clone()).await?,
+            },
         };
         // The outbox relay and the inbox this service runs (feature `postgres`), by table.
         #[cfg(feature = "postgres")]

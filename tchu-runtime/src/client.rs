@@ -10,6 +10,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::broker::amqp::{AmqpBroker, Timeouts};
+use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, Confirm};
 use crate::config::Config;
 use crate::error::{CallError, ConfigError, Error, PublishError};
@@ -86,7 +87,8 @@ fn check_tls(urls: &[String], tls: &TlsConfig) -> Result<(), ConfigError> {
 }
 
 impl Client {
-    /// Connects with the given settings.
+    /// Connects with the given settings: to RabbitMQ for an `amqp://` URL, to a new in-process
+    /// broker for `memory://` (to share one, see [`Client::connect_memory`]).
     ///
     /// # Errors
     /// The broker cannot be reached; an `amqps://` URL in a build without the `tls` feature;
@@ -103,9 +105,41 @@ impl Client {
                 };
                 Broker::Amqp(AmqpBroker::connect(urls, &name, timeouts, &config.tls).await?)
             }
-            // `memory://` alone is a new in-process broker; `Config::memory` attaches one.
-            BrokerUrl::Memory => Broker::Memory(config.in_process().cloned().unwrap_or_default()),
+            BrokerUrl::Memory => Broker::Memory(MemoryBroker::new()),
         };
+        Client::on(broker, config).await
+    }
+
+    /// Connects to the given in-process broker with the other settings of `config` (its
+    /// `broker` becomes `memory://`): every client and app handed the same [`MemoryBroker`]
+    /// sees the same queues.
+    ///
+    /// ```
+    /// # use tchu_runtime as tchu;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tchu::Error> {
+    /// use tchu::{Client, Config, MemoryBroker};
+    /// let broker = MemoryBroker::new();
+    /// let a = Client::connect_memory(Config::memory(), &broker).await?;
+    /// let b = Client::connect_memory(Config::memory(), &broker).await?;
+    /// # drop((a, b));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// A setting [`Config::check`] refuses.
+    pub async fn connect_memory(
+        mut config: Config,
+        broker: &MemoryBroker,
+    ) -> Result<Client, Error> {
+        config.broker = BrokerUrl::Memory;
+        config.check()?;
+        Client::on(Broker::Memory(broker.clone()), config).await
+    }
+
+    /// A client on a broker just connected: declares the exchange.
+    async fn on(broker: Broker, config: Config) -> Result<Client, Error> {
         broker.declare_exchange(&config.exchange).await?;
         crate::telemetry::connected(broker.is_connected());
         Ok(Client {

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::broker::memory::MemoryBroker;
 use crate::defaults::*;
 use crate::error::ConfigError;
 use crate::queue_type::QueueType;
@@ -70,8 +69,6 @@ pub struct Config {
     /// TLS settings for `amqps://` URLs (custom CA, client certificate). Needs the `tls`
     /// feature.
     pub tls: TlsConfig,
-    /// The in-process broker of [`Config::memory`], when one is attached.
-    in_process: Option<MemoryBroker>,
     /// Dead-letter messages whose `tchu-schema` fingerprint differs from the typed handler's
     /// event schema (`TCHU_SCHEMA_STRICT=true`); by default they are counted, logged and
     /// handled. Messages without a fingerprint (Python tchu-tchu) are always handled.
@@ -99,22 +96,16 @@ impl Config {
             retry: RetryPolicy::DEFAULT,
             metrics_addr: None,
             tls: TlsConfig::default(),
-            in_process: None,
             schema_strict: false,
         }
     }
 
-    /// Defaults on a given in-process broker: every client connected with these settings
-    /// shares it.
-    pub fn memory(broker: &MemoryBroker) -> Self {
-        let mut c = Config::new(BrokerUrl::Memory);
-        c.in_process = Some(broker.clone());
-        c
-    }
-
-    /// The in-process broker attached by [`Config::memory`], if any.
-    pub(crate) fn in_process(&self) -> Option<&MemoryBroker> {
-        self.in_process.as_ref()
+    /// Defaults on `memory://`: a client connected with them gets a new in-process broker.
+    /// To share one [`MemoryBroker`](crate::MemoryBroker) between clients and apps, hand it
+    /// over where they are made: [`Client::connect_memory`](crate::Client::connect_memory),
+    /// [`App::broker`](crate::App::broker).
+    pub fn memory() -> Self {
+        Config::new(BrokerUrl::Memory)
     }
 
     /// Reads every `TCHU_*` setting of the README's table: `TCHU_BROKER_URLS` (comma-separated

@@ -1294,7 +1294,8 @@ mod tests {
             .declare_queue(&QueueSpec::durable(&wait_queue, QueueType::Classic))
             .unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
-        let r = crate::app::App::new(crate::config::Config::memory(&broker))
+        let r = crate::app::App::new(crate::config::Config::memory())
+            .broker(&broker)
             .service("deg")
             .only_module("none")
             .retry(RetryPolicy {

@@ -81,10 +81,12 @@ mod tests {
     #[tokio::test]
     async fn tail_sees_matching_events_in_both_formats() {
         let broker = MemoryBroker::new();
-        let client = Client::connect(Config::memory(&broker)).await.unwrap();
-        let mut native = Config::memory(&broker);
+        let client = Client::connect_memory(Config::memory(), &broker)
+            .await
+            .unwrap();
+        let mut native = Config::memory();
         native.format = crate::wire::WireFormat::Native;
-        let native = Client::connect(native).await.unwrap();
+        let native = Client::connect_memory(native, &broker).await.unwrap();
 
         let pattern = Pattern::new("user.*").unwrap();
         let tail = client.tail(&pattern).await.unwrap();

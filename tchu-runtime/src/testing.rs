@@ -11,7 +11,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Handlers added at run time here; `#[tchu::subscribe]` ones are picked up the same way
 //! // (narrow them with `App::only_module`).
-//! let app = App::new(tchu::Config::memory(&Default::default()))
+//! let app = App::new(tchu::Config::memory())
 //!     .service("greeter")
 //!     .only_module("none")
 //!     .subscribe("user.created", "greet", |d: std::sync::Arc<tchu::Delivery>| {
@@ -89,9 +89,9 @@ impl TestApp {
     /// The app's own start-up errors (no subscriptions, duplicate ids...).
     pub async fn start(app: App) -> Result<TestApp, Error> {
         let broker = MemoryBroker::new();
-        let mut config = Config::memory(&broker);
+        let mut config = Config::memory();
         config.exchange = app.config().exchange.clone();
-        let client = Client::connect(config).await?;
+        let client = Client::connect_memory(config, &broker).await?;
         broker.declare_queue(&QueueSpec::durable(CAPTURE_QUEUE, QueueType::Classic))?;
         broker.bind(CAPTURE_QUEUE, &client.config().exchange, "#")?;
         let capture = broker.consume(CAPTURE_QUEUE, 0)?;

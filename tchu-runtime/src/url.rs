@@ -13,8 +13,9 @@ pub enum BrokerUrl {
     /// recovered, to the next ones (see `docs/cluster.md`).
     Amqp(Vec<String>),
     /// An in-process broker ([`MemoryBroker`](crate::MemoryBroker)): `memory://` makes a new
-    /// one when the client connects; [`Config::memory`](crate::Config::memory) attaches a given
-    /// one instead.
+    /// one when the client connects; a given one is handed over where a client or app is made
+    /// ([`Client::connect_memory`](crate::Client::connect_memory),
+    /// [`App::broker`](crate::App::broker)), never kept in the settings.
     Memory,
 }
 

@@ -159,8 +159,8 @@ const CASES: [(&str, Case); 10] = [
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn config(broker: &MemoryBroker, format: WireFormat) -> Config {
-    let mut c = Config::memory(broker);
+fn config(format: WireFormat) -> Config {
+    let mut c = Config::memory();
     c.format = format;
     c.exchange = "permsg".to_owned();
     c.call_timeout = Duration::from_secs(30);
@@ -202,7 +202,8 @@ async fn service(
         Handler::Typed => concat!(module_path!(), "::typed"),
         Handler::Value => concat!(module_path!(), "::value"),
     };
-    let app = App::new(config(broker, format))
+    let app = App::new(config(format))
+        .broker(broker)
         .service("permsg.svc")
         .only_module(module)
         .state(Arc::clone(&seen));
@@ -233,7 +234,7 @@ async fn run(case: Case, n: u64) -> Res<stats_alloc::Stats> {
             Ok(region.change())
         }
         Case::Publish(format) => {
-            let client = Client::connect(config(&broker, format)).await?;
+            let client = Client::connect_memory(config(format), &broker).await?;
             let ev = order(1);
             for _ in 0..WARM_UP {
                 client.publish_event(&ev).await?;
@@ -248,7 +249,7 @@ async fn run(case: Case, n: u64) -> Res<stats_alloc::Stats> {
         }
         Case::Consume(format, h) => {
             let (running, seen) = service(&broker, format, h).await?;
-            let client = Client::connect(config(&broker, format)).await?;
+            let client = Client::connect_memory(config(format), &broker).await?;
             let ev = order(1);
             for _ in 0..WARM_UP {
                 client.publish_event(&ev).await?;
@@ -265,11 +266,12 @@ async fn run(case: Case, n: u64) -> Res<stats_alloc::Stats> {
             Ok(change)
         }
         Case::Rpc(format) => {
-            let app = App::new(config(&broker, format))
+            let app = App::new(config(format))
+                .broker(&broker)
                 .service("permsg.rpc")
                 .only_module(concat!(module_path!(), "::rpc"));
             let running = app.start().await?;
-            let client = Client::connect(config(&broker, format)).await?;
+            let client = Client::connect_memory(config(format), &broker).await?;
             let req = EchoRequest {
                 seq: 1,
                 text: "hello, service".to_owned(),

@@ -591,19 +591,7 @@ impl AmqpBroker {
     pub(crate) async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
         self.with_channel(
             &format!("cannot inspect queue `{queue}`"),
-            |ch| async move {
-                let q = ch
-                    .queue_declare(
-                        queue.into(),
-                        QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-                Ok(q.message_count())
-            },
+            |ch| async move { Ok(inspect(&ch, queue).await?.message_count()) },
         )
         .await
     }
@@ -612,17 +600,7 @@ impl AmqpBroker {
     pub(crate) async fn consumer_count(&self, queue: &str) -> Result<Option<u32>, BrokerError> {
         self.with_channel_map(
             |ch| async move {
-                let q = ch
-                    .queue_declare(
-                        queue.into(),
-                        QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await;
-                match q {
+                match inspect(&ch, queue).await {
                     Ok(q) => Ok(Some(q.consumer_count())),
                     Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => Ok(None),
                     Err(e) => Err(e),
@@ -868,6 +846,20 @@ async fn consume_replies(channel: &Channel, tx: ReplySender) -> Result<(), lapin
         tracing::debug!("reply consumer of a connection ended");
     });
     Ok(())
+}
+
+/// A passive declare of `queue`: its message and consumer counts, without creating it (a
+/// missing queue fails with `NOT_FOUND`, which closes the channel).
+async fn inspect(ch: &Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
 }
 
 /// Whether a declare was refused because the entity exists with other arguments.
