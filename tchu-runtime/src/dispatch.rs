@@ -504,12 +504,15 @@ impl Dispatcher {
             .as_ref()
             .map_or_else(TraceContext::new_root, TraceContext::child);
         let span = tracing::Span::current();
-        span.record("topic", message.routing_key.as_str());
-        span.record("attempt", history.attempt);
-        span.record("trace_id", ctx.trace_id().as_str());
-        span.record("span_id", ctx.span_id().as_str());
-        if let Some(p) = &incoming {
-            span.record("parent_span_id", p.span_id().as_str());
+        // The ids are formatted only when a subscriber records the span.
+        if !span.is_disabled() {
+            span.record("topic", message.routing_key.as_str());
+            span.record("attempt", history.attempt);
+            span.record("trace_id", ctx.trace_id().as_str());
+            span.record("span_id", ctx.span_id().as_str());
+            if let Some(p) = &incoming {
+                span.record("parent_span_id", p.span_id().as_str());
+            }
         }
         telemetry::received(&message.routing_key);
 
@@ -534,11 +537,13 @@ impl Dispatcher {
                 return self.carry_out(&received, verdict).await;
             }
         };
-        span.record("topic", decoded.topic.as_str());
-        if let Some(id) = &decoded.message_id {
-            span.record("message_id", id.as_str());
+        if !span.is_disabled() {
+            span.record("topic", decoded.topic.as_str());
+            if let Some(id) = &decoded.message_id {
+                span.record("message_id", id.as_str());
+            }
+            span.record("format", format_name(decoded.format));
         }
-        span.record("format", format_name(decoded.format));
         if let Kind::CeleryInternal { task } = &decoded.kind {
             tracing::debug!(task = %task, "tchu-tchu internal sub-task skipped");
             bump(&self.stats.internal);
