@@ -32,7 +32,7 @@ use crate::headers::{
     ATTEMPT_HEADER, ATTEMPTS_HEADER, FIRST_FAILURE_HEADER, HANDLER_HEADER, HANDLERS_HEADER,
     LAST_FAILURE_HEADER, REASON_HEADER, TOPIC_HEADER,
 };
-use crate::message::{HeaderValue, Message};
+use crate::message::{HeaderValue, Headers, Message, Properties};
 use crate::registry::{HandlerEntry, Registry};
 use crate::retry::RetryPolicy;
 use crate::telemetry::{self, DeadLetterKind};
@@ -450,7 +450,10 @@ struct ReplyTarget<'a> {
 /// A delivery between decoding and carrying out its verdict.
 #[derive(Debug)]
 struct Received<'a> {
+    /// The delivery; once handlers run, its headers have moved into [`Received::headers`].
     message: &'a Message,
+    /// The delivery's headers, for the copies sent on failure.
+    headers: &'a Headers,
     history: &'a History,
     ctx: &'a TraceContext,
     reply: ReplyTarget<'a>,
@@ -525,6 +528,7 @@ impl Dispatcher {
                 let verdict = decide_undecodable(&e.to_string(), answer);
                 let received = Received {
                     message: &message,
+                    headers: &message.properties.headers,
                     history: &history,
                     ctx: &ctx,
                     reply: ReplyTarget {
@@ -555,23 +559,23 @@ impl Dispatcher {
             .correlation_id
             .clone()
             .or_else(|| decoded.message_id.clone());
-        let received = Received {
-            message: &message,
-            history: &history,
-            ctx: &ctx,
-            reply: ReplyTarget {
-                format: decoded.format,
-                topic: &decoded.topic,
-                reply_to: message.properties.reply_to.as_deref(),
-                correlation_id: correlation_id.as_deref(),
-            },
-        };
-
         let mut idx = self.registry.matching(&decoded.topic);
         if let Some(only) = &history.only {
             idx.retain(|&i| only.contains(&self.registry.entries()[i].id));
         }
         if idx.is_empty() {
+            let received = Received {
+                message: &message,
+                headers: &message.properties.headers,
+                history: &history,
+                ctx: &ctx,
+                reply: ReplyTarget {
+                    format: decoded.format,
+                    topic: &decoded.topic,
+                    reply_to: message.properties.reply_to.as_deref(),
+                    correlation_id: correlation_id.as_deref(),
+                },
+            };
             // Another running version may handle it (ops: topology.rs, rolling deploys).
             let verdict = if is_rpc {
                 decide_unmatched(&decoded.topic)
@@ -588,6 +592,21 @@ impl Dispatcher {
             };
             return self.carry_out(&received, verdict).await;
         }
+        // The headers move (not cloned) into an `Arc` the handlers' `Meta` shares; the copies
+        // sent on failure are made from there.
+        let headers = Arc::new(std::mem::take(&mut message.properties.headers));
+        let received = Received {
+            message: &message,
+            headers: &headers,
+            history: &history,
+            ctx: &ctx,
+            reply: ReplyTarget {
+                format: decoded.format,
+                topic: &decoded.topic,
+                reply_to: message.properties.reply_to.as_deref(),
+                correlation_id: correlation_id.as_deref(),
+            },
+        };
         let entries: Vec<&HandlerEntry> =
             idx.iter().map(|&i| &self.registry.entries()[i]).collect();
 
@@ -597,7 +616,7 @@ impl Dispatcher {
             meta: Meta {
                 message_id: decoded.message_id.clone(),
                 topic: decoded.topic.clone(),
-                headers: message.properties.headers.clone(),
+                headers: Arc::clone(&headers),
                 redelivered,
                 attempt: history.attempt,
                 correlation_id: correlation_id.clone(),
@@ -723,11 +742,11 @@ impl Dispatcher {
         let first = received.history.first_failure.unwrap_or(now);
         let attempt = received.history.attempt;
         for d in &forward.dead_letters {
-            self.dead_letter(received.message, d, attempt, first)
+            self.dead_letter(received.message, received.headers, d, attempt, first)
                 .await?;
         }
         for r in &forward.retries {
-            self.schedule_retry(received.message, r, attempt + 1, first)
+            self.schedule_retry(received.message, received.headers, r, attempt + 1, first)
                 .await?;
         }
         Ok(())
@@ -802,12 +821,13 @@ impl Dispatcher {
     async fn dead_letter(
         &self,
         original: &Message,
+        headers: &Headers,
         d: &DeadLetter,
         attempts: u32,
         first_failure: i64,
     ) -> Result<(), BrokerError> {
         let now = now_ms();
-        let mut msg = original.clone();
+        let mut msg = copy_with(original, headers);
         let h = &mut msg.properties.headers;
         h.insert(
             REASON_HEADER.to_owned(),
@@ -869,6 +889,7 @@ impl Dispatcher {
     async fn schedule_retry(
         &self,
         original: &Message,
+        headers: &Headers,
         r: &RetryCopy,
         next_attempt: u32,
         first_failure: i64,
@@ -881,7 +902,7 @@ impl Dispatcher {
             .declare_queue(&self.wait_queue_spec(delay_ms))
             .await
             .map_err(|e| e.for_service(&self.queue))?;
-        let mut msg = original.clone();
+        let mut msg = copy_with(original, headers);
         let h = &mut msg.properties.headers;
         h.insert(
             ATTEMPT_HEADER.to_owned(),
@@ -984,6 +1005,27 @@ fn format_name(f: wire::WireFormat) -> &'static str {
     match f {
         wire::WireFormat::Celery => "celery",
         wire::WireFormat::Native => "native",
+    }
+}
+
+/// A copy of `original` with `headers` (the delivery's, which dispatch keeps apart).
+fn copy_with(original: &Message, headers: &Headers) -> Message {
+    let p = &original.properties;
+    Message {
+        routing_key: original.routing_key.clone(),
+        properties: Properties {
+            content_type: p.content_type.clone(),
+            content_encoding: p.content_encoding.clone(),
+            headers: headers.clone(),
+            persistent: p.persistent,
+            correlation_id: p.correlation_id.clone(),
+            reply_to: p.reply_to.clone(),
+            expiration: p.expiration,
+            message_id: p.message_id.clone(),
+            timestamp: p.timestamp,
+            priority: p.priority,
+        },
+        body: original.body.clone(),
     }
 }
 
