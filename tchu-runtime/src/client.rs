@@ -190,7 +190,7 @@ impl Client {
             parent_span_id = Empty,
         );
         propagate(&span, &mut msg);
-        self.send(topic, &msg, false).instrument(span).await?;
+        self.send(topic, msg, false).instrument(span).await?;
         Ok(id)
     }
 
@@ -198,13 +198,13 @@ impl Client {
     pub(crate) async fn send(
         &self,
         topic: &str,
-        msg: &Message,
+        msg: Message,
         mandatory: bool,
     ) -> Result<Confirm, PublishError> {
         let c = self
             .inner
             .broker
-            .publish(&self.inner.config.exchange, msg, mandatory)
+            .publish_owned(&self.inner.config.exchange, msg, mandatory)
             .await
             .map_err(|source| PublishError::Broker {
                 topic: topic.to_owned(),
@@ -331,7 +331,7 @@ impl Client {
             topic: topic.to_owned(),
             timeout,
         };
-        let confirm = tokio::time::timeout_at(deadline, self.send(topic, &msg, true))
+        let confirm = tokio::time::timeout_at(deadline, self.send(topic, msg, true))
             .await
             .map_err(|_| timed_out())??;
         if confirm == Confirm::Returned {

@@ -770,7 +770,7 @@ impl Dispatcher {
             .ctx
             .child()
             .write_headers(&mut msg.properties.headers);
-        match self.broker().publish("", &msg, false).await {
+        match self.broker().publish_owned("", msg, false).await {
             Ok(_) => bump(&self.stats.replied),
             Err(e) => tracing::warn!(error = %e, "rpc reply not sent"),
         }
