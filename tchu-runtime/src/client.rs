@@ -344,7 +344,7 @@ impl Client {
             .await
             .map_err(|_| timed_out())?
             .map_err(|_| timed_out())?;
-        match wire::decode_reply(&reply) {
+        match reply {
             Ok(Reply::Ok(v)) => Ok(v),
             Ok(Reply::Remote(e)) => Err(CallError::Remote {
                 code: e.code,
