@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,27 +205,45 @@ struct History {
 impl History {
     /// Reads the history, and gives a retried copy its original routing key back.
     fn take(message: &mut Message) -> History {
-        let headers = &message.properties.headers;
-        let history = History {
-            attempt: headers
-                .get(ATTEMPT_HEADER)
-                .and_then(HeaderValue::as_i64)
-                .and_then(|a| u32::try_from(a).ok())
-                .unwrap_or(1),
-            only: headers
-                .get(HANDLERS_HEADER)
-                .and_then(HeaderValue::as_str)
-                .map(|s| s.split(',').map(str::to_owned).collect()),
-            first_failure: headers
-                .get(FIRST_FAILURE_HEADER)
-                .and_then(HeaderValue::as_i64),
+        let mut history = History {
+            attempt: 1,
+            only: None,
+            first_failure: None,
         };
-        if let Some(t) = headers.get(TOPIC_HEADER).and_then(HeaderValue::as_str) {
-            message.routing_key = t.to_owned();
+        let mut topic = None;
+        // One search for the `x-tchu-` headers (all four share the prefix; most deliveries have
+        // none of them) instead of a lookup per name.
+        let ours = message
+            .properties
+            .headers
+            .range::<str, _>((Bound::Included(TCHU_PREFIX), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(TCHU_PREFIX));
+        for (k, v) in ours {
+            match k.as_str() {
+                ATTEMPT_HEADER => {
+                    if let Some(a) = v.as_i64().and_then(|a| u32::try_from(a).ok()) {
+                        history.attempt = a;
+                    }
+                }
+                HANDLERS_HEADER => {
+                    history.only = v
+                        .as_str()
+                        .map(|s| s.split(',').map(str::to_owned).collect());
+                }
+                FIRST_FAILURE_HEADER => history.first_failure = v.as_i64(),
+                TOPIC_HEADER => topic = v.as_str().map(str::to_owned),
+                _ => {}
+            }
+        }
+        if let Some(t) = topic {
+            message.routing_key = t;
         }
         history
     }
 }
+
+/// The prefix of every header [`History::take`] reads.
+const TCHU_PREFIX: &str = "x-tchu-";
 
 /// The one decision about a delivery, made before anything is sent (see [`decide`] and the
 /// `decide_*` functions); [`Dispatcher::carry_out`] then does it.
