@@ -224,7 +224,7 @@ impl Client {
             parent_span_id = Empty,
         );
         propagate(&span, &mut msg);
-        self.send(topic, &msg, false).instrument(span).await?;
+        self.send(topic, msg, false).instrument(span).await?;
         Ok(id)
     }
 
@@ -232,13 +232,13 @@ impl Client {
     pub(crate) async fn send(
         &self,
         topic: &str,
-        msg: &Message,
+        msg: Message,
         mandatory: bool,
     ) -> Result<Confirm, PublishError> {
         let c = self
             .inner
             .broker
-            .publish(&self.inner.config.exchange, msg, mandatory)
+            .publish_owned(&self.inner.config.exchange, msg, mandatory)
             .await
             .map_err(|source| PublishError::Broker {
                 topic: topic.to_owned(),
@@ -365,7 +365,7 @@ impl Client {
             topic: topic.to_owned(),
             timeout,
         };
-        let confirm = tokio::time::timeout_at(deadline, self.send(topic, &msg, true))
+        let confirm = tokio::time::timeout_at(deadline, self.send(topic, msg, true))
             .await
             .map_err(|_| timed_out())??;
         if confirm == Confirm::Returned {
@@ -378,7 +378,7 @@ impl Client {
             .await
             .map_err(|_| timed_out())?
             .map_err(|_| timed_out())?;
-        match wire::decode_reply(&reply) {
+        match reply {
             Ok(Reply::Ok(v)) => Ok(v),
             Ok(Reply::Remote(e)) => Err(CallError::Remote {
                 code: e.code,

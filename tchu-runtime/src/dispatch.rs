@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +33,7 @@ use crate::headers::{
     ATTEMPT_HEADER, ATTEMPTS_HEADER, FIRST_FAILURE_HEADER, HANDLER_HEADER, HANDLERS_HEADER,
     LAST_FAILURE_HEADER, REASON_HEADER, TOPIC_HEADER,
 };
-use crate::message::{HeaderValue, Message};
+use crate::message::{HeaderValue, Headers, Message, Properties};
 use crate::registry::{HandlerEntry, Registry};
 use crate::retry::RetryPolicy;
 use crate::telemetry::{self, DeadLetterKind};
@@ -204,27 +205,45 @@ struct History {
 impl History {
     /// Reads the history, and gives a retried copy its original routing key back.
     fn take(message: &mut Message) -> History {
-        let headers = &message.properties.headers;
-        let history = History {
-            attempt: headers
-                .get(ATTEMPT_HEADER)
-                .and_then(HeaderValue::as_i64)
-                .and_then(|a| u32::try_from(a).ok())
-                .unwrap_or(1),
-            only: headers
-                .get(HANDLERS_HEADER)
-                .and_then(HeaderValue::as_str)
-                .map(|s| s.split(',').map(str::to_owned).collect()),
-            first_failure: headers
-                .get(FIRST_FAILURE_HEADER)
-                .and_then(HeaderValue::as_i64),
+        let mut history = History {
+            attempt: 1,
+            only: None,
+            first_failure: None,
         };
-        if let Some(t) = headers.get(TOPIC_HEADER).and_then(HeaderValue::as_str) {
-            message.routing_key = t.to_owned();
+        let mut topic = None;
+        // One search for the `x-tchu-` headers (all four share the prefix; most deliveries have
+        // none of them) instead of a lookup per name.
+        let ours = message
+            .properties
+            .headers
+            .range::<str, _>((Bound::Included(TCHU_PREFIX), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(TCHU_PREFIX));
+        for (k, v) in ours {
+            match k.as_str() {
+                ATTEMPT_HEADER => {
+                    if let Some(a) = v.as_i64().and_then(|a| u32::try_from(a).ok()) {
+                        history.attempt = a;
+                    }
+                }
+                HANDLERS_HEADER => {
+                    history.only = v
+                        .as_str()
+                        .map(|s| s.split(',').map(str::to_owned).collect());
+                }
+                FIRST_FAILURE_HEADER => history.first_failure = v.as_i64(),
+                TOPIC_HEADER => topic = v.as_str().map(str::to_owned),
+                _ => {}
+            }
+        }
+        if let Some(t) = topic {
+            message.routing_key = t;
         }
         history
     }
 }
+
+/// The prefix of every header [`History::take`] reads.
+const TCHU_PREFIX: &str = "x-tchu-";
 
 /// The one decision about a delivery, made before anything is sent (see [`decide`] and the
 /// `decide_*` functions); [`Dispatcher::carry_out`] then does it.
@@ -450,7 +469,10 @@ struct ReplyTarget<'a> {
 /// A delivery between decoding and carrying out its verdict.
 #[derive(Debug)]
 struct Received<'a> {
+    /// The delivery; once handlers run, its headers have moved into [`Received::headers`].
     message: &'a Message,
+    /// The delivery's headers, for the copies sent on failure.
+    headers: &'a Headers,
     history: &'a History,
     ctx: &'a TraceContext,
     reply: ReplyTarget<'a>,
@@ -504,12 +526,15 @@ impl Dispatcher {
             .as_ref()
             .map_or_else(TraceContext::new_root, TraceContext::child);
         let span = tracing::Span::current();
-        span.record("topic", message.routing_key.as_str());
-        span.record("attempt", history.attempt);
-        span.record("trace_id", ctx.trace_id().as_str());
-        span.record("span_id", ctx.span_id().as_str());
-        if let Some(p) = &incoming {
-            span.record("parent_span_id", p.span_id().as_str());
+        // The ids are formatted only when a subscriber records the span.
+        if !span.is_disabled() {
+            span.record("topic", message.routing_key.as_str());
+            span.record("attempt", history.attempt);
+            span.record("trace_id", ctx.trace_id().as_str());
+            span.record("span_id", ctx.span_id().as_str());
+            if let Some(p) = &incoming {
+                span.record("parent_span_id", p.span_id().as_str());
+            }
         }
         telemetry::received(&message.routing_key);
 
@@ -522,6 +547,7 @@ impl Dispatcher {
                 let verdict = decide_undecodable(&e.to_string(), answer);
                 let received = Received {
                     message: &message,
+                    headers: &message.properties.headers,
                     history: &history,
                     ctx: &ctx,
                     reply: ReplyTarget {
@@ -534,11 +560,13 @@ impl Dispatcher {
                 return self.carry_out(&received, verdict).await;
             }
         };
-        span.record("topic", decoded.topic.as_str());
-        if let Some(id) = &decoded.message_id {
-            span.record("message_id", id.as_str());
+        if !span.is_disabled() {
+            span.record("topic", decoded.topic.as_str());
+            if let Some(id) = &decoded.message_id {
+                span.record("message_id", id.as_str());
+            }
+            span.record("format", format_name(decoded.format));
         }
-        span.record("format", format_name(decoded.format));
         if let Kind::CeleryInternal { task } = &decoded.kind {
             tracing::debug!(task = %task, "tchu-tchu internal sub-task skipped");
             bump(&self.stats.internal);
@@ -550,23 +578,23 @@ impl Dispatcher {
             .correlation_id
             .clone()
             .or_else(|| decoded.message_id.clone());
-        let received = Received {
-            message: &message,
-            history: &history,
-            ctx: &ctx,
-            reply: ReplyTarget {
-                format: decoded.format,
-                topic: &decoded.topic,
-                reply_to: message.properties.reply_to.as_deref(),
-                correlation_id: correlation_id.as_deref(),
-            },
-        };
-
         let mut idx = self.registry.matching(&decoded.topic);
         if let Some(only) = &history.only {
             idx.retain(|&i| only.contains(&self.registry.entries()[i].id));
         }
         if idx.is_empty() {
+            let received = Received {
+                message: &message,
+                headers: &message.properties.headers,
+                history: &history,
+                ctx: &ctx,
+                reply: ReplyTarget {
+                    format: decoded.format,
+                    topic: &decoded.topic,
+                    reply_to: message.properties.reply_to.as_deref(),
+                    correlation_id: correlation_id.as_deref(),
+                },
+            };
             // Another running version may handle it (ops: topology.rs, rolling deploys).
             let verdict = if is_rpc {
                 decide_unmatched(&decoded.topic)
@@ -583,6 +611,21 @@ impl Dispatcher {
             };
             return self.carry_out(&received, verdict).await;
         }
+        // The headers move (not cloned) into an `Arc` the handlers' `Meta` shares; the copies
+        // sent on failure are made from there.
+        let headers = Arc::new(std::mem::take(&mut message.properties.headers));
+        let received = Received {
+            message: &message,
+            headers: &headers,
+            history: &history,
+            ctx: &ctx,
+            reply: ReplyTarget {
+                format: decoded.format,
+                topic: &decoded.topic,
+                reply_to: message.properties.reply_to.as_deref(),
+                correlation_id: correlation_id.as_deref(),
+            },
+        };
         let entries: Vec<&HandlerEntry> =
             idx.iter().map(|&i| &self.registry.entries()[i]).collect();
 
@@ -592,7 +635,7 @@ impl Dispatcher {
             meta: Meta {
                 message_id: decoded.message_id.clone(),
                 topic: decoded.topic.clone(),
-                headers: message.properties.headers.clone(),
+                headers: Arc::clone(&headers),
                 redelivered,
                 attempt: history.attempt,
                 correlation_id: correlation_id.clone(),
@@ -718,11 +761,11 @@ impl Dispatcher {
         let first = received.history.first_failure.unwrap_or(now);
         let attempt = received.history.attempt;
         for d in &forward.dead_letters {
-            self.dead_letter(received.message, d, attempt, first)
+            self.dead_letter(received.message, received.headers, d, attempt, first)
                 .await?;
         }
         for r in &forward.retries {
-            self.schedule_retry(received.message, r, attempt + 1, first)
+            self.schedule_retry(received.message, received.headers, r, attempt + 1, first)
                 .await?;
         }
         Ok(())
@@ -746,7 +789,7 @@ impl Dispatcher {
             .ctx
             .child()
             .write_headers(&mut msg.properties.headers);
-        match self.broker().publish("", &msg, false).await {
+        match self.broker().publish_owned("", msg, false).await {
             Ok(_) => bump(&self.stats.replied),
             Err(e) => tracing::warn!(error = %e, "rpc reply not sent"),
         }
@@ -797,12 +840,13 @@ impl Dispatcher {
     async fn dead_letter(
         &self,
         original: &Message,
+        headers: &Headers,
         d: &DeadLetter,
         attempts: u32,
         first_failure: i64,
     ) -> Result<(), BrokerError> {
         let now = now_ms();
-        let mut msg = original.clone();
+        let mut msg = copy_with(original, headers);
         let h = &mut msg.properties.headers;
         h.insert(
             REASON_HEADER.to_owned(),
@@ -864,6 +908,7 @@ impl Dispatcher {
     async fn schedule_retry(
         &self,
         original: &Message,
+        headers: &Headers,
         r: &RetryCopy,
         next_attempt: u32,
         first_failure: i64,
@@ -876,7 +921,7 @@ impl Dispatcher {
             .declare_queue(&self.wait_queue_spec(delay_ms))
             .await
             .map_err(|e| e.for_service(&self.queue))?;
-        let mut msg = original.clone();
+        let mut msg = copy_with(original, headers);
         let h = &mut msg.properties.headers;
         h.insert(
             ATTEMPT_HEADER.to_owned(),
@@ -979,6 +1024,27 @@ fn format_name(f: wire::WireFormat) -> &'static str {
     match f {
         wire::WireFormat::Celery => "celery",
         wire::WireFormat::Native => "native",
+    }
+}
+
+/// A copy of `original` with `headers` (the delivery's, which dispatch keeps apart).
+fn copy_with(original: &Message, headers: &Headers) -> Message {
+    let p = &original.properties;
+    Message {
+        routing_key: original.routing_key.clone(),
+        properties: Properties {
+            content_type: p.content_type.clone(),
+            content_encoding: p.content_encoding.clone(),
+            headers: headers.clone(),
+            persistent: p.persistent,
+            correlation_id: p.correlation_id.clone(),
+            reply_to: p.reply_to.clone(),
+            expiration: p.expiration,
+            message_id: p.message_id.clone(),
+            timestamp: p.timestamp,
+            priority: p.priority,
+        },
+        body: original.body.clone(),
     }
 }
 

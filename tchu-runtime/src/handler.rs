@@ -21,8 +21,8 @@ pub struct Meta {
     pub message_id: Option<String>,
     /// The routing key the event was published with (its topic).
     pub topic: String,
-    /// AMQP headers.
-    pub headers: Headers,
+    /// AMQP headers, shared with the dispatcher (not copied per handler or per delivery).
+    pub headers: Arc<Headers>,
     /// Whether the broker redelivered this message.
     pub redelivered: bool,
     /// 1 on the first try, 2 on the first retry, and so on.
@@ -93,7 +93,7 @@ impl Delivery {
             meta: Meta {
                 message_id: None,
                 topic: topic.to_owned(),
-                headers: Headers::new(),
+                headers: Arc::default(),
                 redelivered: false,
                 attempt: 1,
                 correlation_id: None,

@@ -9,9 +9,12 @@ use tokio::sync::oneshot;
 
 use crate::broker::{Broker, ReplyConsumer};
 use crate::error::BrokerError;
-use crate::message::Message;
+use crate::wire::{DecodeError, Reply};
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
+/// A call's answer, decoded by the reply consumer.
+pub(crate) type Answer = Result<Reply, DecodeError>;
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Answer>>>>;
 
 /// The reply side of a client.
 #[derive(Debug)]
@@ -25,7 +28,7 @@ pub(crate) struct Rpc {
 pub(crate) struct PendingCall {
     id: String,
     pending: Pending,
-    pub(crate) reply: oneshot::Receiver<Message>,
+    pub(crate) reply: oneshot::Receiver<Answer>,
 }
 
 impl Drop for PendingCall {
@@ -70,22 +73,22 @@ impl Rpc {
 }
 
 async fn route_replies(mut consumer: ReplyConsumer, pending: Pending) {
-    while let Some(msg) = consumer.next().await {
-        let Some(id) = msg.properties.correlation_id.clone() else {
+    while let Some(mut msg) = consumer.next().await {
+        let Some(id) = msg.properties.correlation_id.take() else {
             tracing::debug!("reply without correlation id dropped");
             continue;
         };
-        // A Celery worker with `task_track_started` (or a retrying task) sends STARTED/RETRY
-        // states before the result: not the answer, keep waiting.
-        if !crate::wire::json::is_native_reply(&msg) && crate::wire::celery::is_interim_reply(&msg)
-        {
+        // Decoded here, the body parsed once. A Celery worker with `task_track_started` (or a
+        // retrying task) sends STARTED/RETRY states before the result: not the answer, keep
+        // waiting.
+        let Some(answer) = crate::wire::decode_final_reply(&msg) else {
             tracing::debug!(correlation_id = %id, "interim Celery reply skipped");
             continue;
-        }
+        };
         let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
         match tx {
             Some(tx) => {
-                let _ = tx.send(msg);
+                let _ = tx.send(answer);
             }
             None => tracing::debug!(correlation_id = %id, "late or duplicate reply dropped"),
         }

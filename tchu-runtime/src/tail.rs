@@ -125,7 +125,7 @@ mod tests {
             "id",
             false,
         );
-        let confirm = client.send("user.x", &msg, true).await.unwrap();
+        let confirm = client.send("user.x", msg, true).await.unwrap();
         assert_eq!(confirm, crate::broker::Confirm::Returned);
     }
 }

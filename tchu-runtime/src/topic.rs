@@ -281,6 +281,14 @@ fn walk<'a, T>(node: &'a Node<T>, words: &[&str], f: &mut impl FnMut(&'a T), see
 /// Whether one pattern matches one key, by the AMQP rules (a direct reference, with no index:
 /// time proportional to pattern words times key words).
 pub fn pattern_matches(pattern: &str, key: &str) -> bool {
+    if !pattern.contains('#') {
+        // Word for word (`*` is exactly one word): no allocation.
+        let mut k = key.split('.');
+        return pattern
+            .split('.')
+            .all(|w| k.next().is_some_and(|kw| w == "*" || w == kw))
+            && k.next().is_none();
+    }
     let p: Vec<&str> = pattern.split('.').collect();
     let k: Vec<&str> = key.split('.').collect();
     // `next[j]`: whether the pattern words after the current one match `k[j..]`, computed from

@@ -368,7 +368,9 @@ impl AmqpBroker {
         msg: &Message,
         mandatory: bool,
     ) -> Result<Confirm, BrokerError> {
-        let props = to_lapin_properties(&msg.properties);
+        // The first attempt takes these; a retry (rare) builds them again instead of every
+        // attempt cloning them.
+        let mut first_props = Some(to_lapin_properties(&msg.properties));
         let deadline = tokio::time::Instant::now() + self.shared.publish_timeout;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -388,9 +390,12 @@ impl AmqpBroker {
             } else {
                 None
             };
+            let props = first_props
+                .take()
+                .unwrap_or_else(|| to_lapin_properties(&msg.properties));
             let attempt = async {
                 if mandatory {
-                    return self.publish_mandatory(&inner, exchange, msg, &props).await;
+                    return self.publish_mandatory(&inner, exchange, msg, props).await;
                 }
                 let confirm = inner
                     .publish
@@ -399,7 +404,7 @@ impl AmqpBroker {
                         msg.routing_key.as_str().into(),
                         BasicPublishOptions::default(),
                         &msg.body,
-                        props.clone(),
+                        props,
                     )
                     .await?
                     .await?;
@@ -470,7 +475,7 @@ impl AmqpBroker {
         inner: &Inner,
         exchange: &str,
         msg: &Message,
-        props: &BasicProperties,
+        props: BasicProperties,
     ) -> Result<Confirm, lapin::Error> {
         let mut lease = inner.mandatory.lease(&inner.conn).await?;
         let channel = lease.channel.clone();
@@ -491,7 +496,7 @@ impl AmqpBroker {
                     ..Default::default()
                 },
                 &msg.body,
-                props.clone(),
+                props,
             )
             .await?
             .await?;

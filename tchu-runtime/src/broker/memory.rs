@@ -18,6 +18,7 @@
 //! - Without a tokio runtime (a broker used from plain threads), expiry is only noticed when
 //!   the queue is next touched (consume, get, length) instead of by a timer.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -151,22 +152,46 @@ impl MemoryBroker {
         m: &Message,
         mandatory: bool,
     ) -> Result<Confirm, BrokerError> {
+        self.publish_cow(x, Cow::Borrowed(m), mandatory)
+    }
+
+    /// [`MemoryBroker::publish`] of a message the caller gives away: it is moved into its
+    /// (last) queue instead of copied.
+    pub(crate) fn publish_owned(
+        &self,
+        x: &str,
+        m: Message,
+        mandatory: bool,
+    ) -> Result<Confirm, BrokerError> {
+        self.publish_cow(x, Cow::Owned(m), mandatory)
+    }
+
+    fn publish_cow(
+        &self,
+        x: &str,
+        m: Cow<'_, Message>,
+        mandatory: bool,
+    ) -> Result<Confirm, BrokerError> {
         let mut st = self.lock();
         if x.is_empty() && m.routing_key.starts_with(REPLY_TO_PREFIX) {
-            let delivered = st
-                .replies
-                .get(&m.routing_key)
-                .is_some_and(|tx| tx.send(m.clone()).is_ok());
+            let delivered = match st.replies.get(&m.routing_key) {
+                Some(tx) => tx.send(m.clone().into_owned()).is_ok(),
+                None => false,
+            };
             if !delivered {
                 st.replies.remove(&m.routing_key);
             }
             return Ok(confirm(mandatory, delivered));
         }
-        let targets = st.route(x, &m.routing_key)?;
-        for target in &targets {
-            st.enqueue(target, m.clone(), x);
+        let mut targets = st.route(x, &m.routing_key)?;
+        let routed = !targets.is_empty();
+        if let Some(last) = targets.pop() {
+            for target in &targets {
+                st.enqueue(target, m.as_ref().clone(), x);
+            }
+            st.enqueue(&last, m.into_owned(), x);
         }
-        Ok(confirm(mandatory, !targets.is_empty()))
+        Ok(confirm(mandatory, routed))
     }
 
     /// basic.get with auto-ack: takes the first ready message of `q`, if any.

@@ -241,6 +241,20 @@ impl Broker {
         }
     }
 
+    /// [`Broker::publish`] of a message the caller no longer needs: the memory broker moves it
+    /// into its queue instead of copying it (AMQP encodes it either way).
+    pub(crate) async fn publish_owned(
+        &self,
+        exchange: &str,
+        msg: Message,
+        mandatory: bool,
+    ) -> Result<Confirm, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.publish(exchange, &msg, mandatory).await,
+            Broker::Memory(b) => b.publish_owned(exchange, msg, mandatory),
+        }
+    }
+
     /// Starts reading `queue` without removing anything (see [`Browser`]).
     pub(crate) async fn browse(&self, queue: &str) -> Result<Browser, BrokerError> {
         match self {

@@ -639,7 +639,7 @@ impl Relay {
                 }
             }
         }
-        self.client.send(&row.topic, &msg, false).await.map(|_| ())
+        self.client.send(&row.topic, msg, false).await.map(|_| ())
     }
 
     async fn fetch(&self, slots: &[i16]) -> Result<Vec<Row>, OutboxError> {

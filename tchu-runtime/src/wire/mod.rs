@@ -240,6 +240,16 @@ pub fn decode_reply(msg: &Message) -> Result<Reply, DecodeError> {
     }
 }
 
+/// What a caller waiting for a reply makes of `msg`, the body read once: `None` for an interim
+/// Celery state (see [`celery::is_interim_reply`]: keep waiting), else [`decode_reply`]'s
+/// answer.
+pub(crate) fn decode_final_reply(msg: &Message) -> Option<Result<Reply, DecodeError>> {
+    if json::is_native_reply(msg) {
+        return Some(json::decode_reply(msg));
+    }
+    celery::decode_final_reply(msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

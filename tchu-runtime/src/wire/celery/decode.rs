@@ -215,7 +215,18 @@ fn finish(event: Value, topic: String, id: Option<String>) -> Result<Decoded, De
     let Value::Object(mut event) = event else {
         return Err(shape("the event (args[0]) must be a JSON object"));
     };
-    let is_rpc = match event.remove(META_KEY) {
+    let meta = event.remove(META_KEY);
+    finish_parts(event, meta, topic, id)
+}
+
+/// [`finish`] of an event whose `_tchu_meta` is already apart.
+fn finish_parts(
+    event: Map<String, Value>,
+    meta: Option<Value>,
+    topic: String,
+    id: Option<String>,
+) -> Result<Decoded, DecodeError> {
+    let is_rpc = match meta {
         // No metadata: a tchu-tchu 2.x sender, handled as RPC like tchu-tchu does.
         None => true,
         Some(Value::Object(meta)) => meta.get("is_rpc").is_some_and(truthy),
@@ -285,7 +296,47 @@ pub(super) fn decode_dispatch_fast(msg: &Message) -> Option<Result<Decoded, Deco
         _ if !msg.routing_key.is_empty() => msg.routing_key.clone(),
         _ => return None,
     };
-    Some(event_from_str(&event).and_then(|event| finish(event, topic, id)))
+    Some(match serde_json::from_str::<EventObject>(&event) {
+        Ok(EventObject { event, meta }) => finish_parts(event, meta, topic, id),
+        // Not an object, or not JSON: the general reading gives the error.
+        Err(_) => event_from_str(&event).and_then(|event| finish(event, topic, id)),
+    })
+}
+
+/// The event object of `args[0]` with its `_tchu_meta` set apart while it is parsed (instead
+/// of inserted into the map and removed again).
+struct EventObject {
+    event: Map<String, Value>,
+    meta: Option<Value>,
+}
+
+impl<'de> serde::Deserialize<'de> for EventObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EventObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<EventObject, A::Error> {
+                let mut event = Map::new();
+                let mut meta = None;
+                // A repeated key: the last one wins, as in a `Value`.
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == META_KEY {
+                        meta = Some(map.next_value::<Value>()?);
+                    } else {
+                        event.insert(key, map.next_value::<Value>()?);
+                    }
+                }
+                Ok(EventObject { event, meta })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 fn decode_internal(msg: &Message, env: Envelope) -> Decoded {

@@ -60,6 +60,7 @@ mod tests;
 
 pub use decode::{decode, is_celery};
 pub use encode::encode;
+pub(crate) use reply::decode_final_reply;
 pub use reply::{decode_reply, encode_reply, is_interim_reply};
 
 use crate::wire::DecodeError;

@@ -52,6 +52,25 @@ pub(super) fn py_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Per byte: [`ALWAYS`] when `repr` escapes it whatever the quote, [`IN_SINGLE`] / [`IN_DOUBLE`]
+/// when it is that quote.
+static ESCAPES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = ALWAYS;
+        b += 1;
+    }
+    t[0x7f] = ALWAYS;
+    t[b'\\' as usize] = ALWAYS;
+    t[b'\'' as usize] = IN_SINGLE;
+    t[b'"' as usize] = IN_DOUBLE;
+    t
+};
+const ALWAYS: u8 = 1;
+const IN_SINGLE: u8 = 2;
+const IN_DOUBLE: u8 = 4;
+
 /// An approximation of Python's `repr` of a `str`.
 pub(super) fn py_repr_str(s: &str, out: &mut String) {
     let quote = if s.contains('\'') && !s.contains('"') {
@@ -59,21 +78,25 @@ pub(super) fn py_repr_str(s: &str, out: &mut String) {
     } else {
         b'\''
     };
+    let mask = ALWAYS | if quote == b'"' { IN_DOUBLE } else { IN_SINGLE };
     out.reserve(s.len() + 2);
     out.push(char::from(quote));
     // Every character escaped is ASCII, so the runs between them are whole UTF-8 sequences.
     let bytes = s.as_bytes();
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        // One table lookup per plain byte (most of them).
+        if ESCAPES[usize::from(b)] & mask == 0 {
+            continue;
+        }
         let escaped: Option<&str> = match b {
             b'\\' => Some("\\\\"),
             b'\n' => Some("\\n"),
             b'\r' => Some("\\r"),
             b'\t' => Some("\\t"),
-            b'\'' if b == quote => Some("\\'"),
-            b'"' if b == quote => Some("\\\""),
-            b if b < 0x20 || b == 0x7f => None,
-            _ => continue,
+            b'\'' => Some("\\'"),
+            b'"' => Some("\\\""),
+            _ => None,
         };
         out.push_str(&s[run..i]);
         run = i + 1;

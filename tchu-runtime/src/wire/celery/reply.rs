@@ -196,6 +196,19 @@ pub fn decode_reply(msg: &Message) -> Result<Reply, DecodeError> {
     decode_reply_general(msg)
 }
 
+/// [`decode_reply`] of a reply a caller waits for, `None` for an interim state (keep waiting):
+/// the usual `SUCCESS` reply is parsed once, without the interim scan.
+pub(crate) fn decode_final_reply(msg: &Message) -> Option<Result<Reply, DecodeError>> {
+    // The fast path only reads `SUCCESS` replies, never interim ones.
+    if let Some(reply) = decode_reply_fast(msg) {
+        return Some(reply);
+    }
+    if is_interim_reply(msg) {
+        return None;
+    }
+    Some(decode_reply_general(msg))
+}
+
 /// The `SUCCESS` result meta of tchu-tchu's dispatcher, read borrowed: only the handler's
 /// `result` (or `error`) becomes a `Value`. Any other shape is left to the general path,
 /// which then gives the same result or error.
