@@ -481,8 +481,8 @@ impl App {
             "tchu service stopped"
         );
         if close {
-            // Bounded: closing a connection that is down may never complete. Closed, it says
-            // goodbye to the broker instead of vanishing with the process.
+            // Bounded: closing a connection that is down may never complete. Closed before
+            // `main` returns, lapin's I/O thread does not panic at the runtime's shutdown.
             let _ = tokio::time::timeout(Duration::from_secs(5), client.close()).await;
         }
         Ok(())

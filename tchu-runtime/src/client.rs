@@ -500,9 +500,8 @@ pub async fn default_client() -> Result<Client, Error> {
 
 /// Connects the process's default client from the environment now, or returns the one already
 /// set: the client that `event.publish()`, `req.call()`, [`publish`] and [`call`] use. Call it
-/// at start to fail fast, with the cause, when the broker cannot be reached. Closing it
-/// ([`Client::close`]) before `main` returns ends the connection politely; a client left open
-/// goes away with the process without a panic (its I/O runs on a runtime of its own).
+/// at start to fail fast, with the cause, when the broker cannot be reached; close it
+/// ([`Client::close`]) before `main` returns.
 ///
 /// ```no_run
 /// # use tchu_runtime as tchu;

@@ -1124,23 +1124,6 @@ async fn probe_tcp(url: &str, timeout: Duration) -> Result<(), BrokerError> {
         .map_err(|why| BrokerError::new(format!("cannot connect to the broker at {node}: {why}")))
 }
 
-/// The runtime a connection's I/O runs on: one of its own, with one worker thread, not the
-/// caller's. lapin's `lapin-io-loop` thread drives the socket, the heartbeat and the reconnect
-/// attempts through it; on the caller's runtime it panicked when that runtime shut down (`main`
-/// returning, a test ending) while the connection was still open or reconnecting ("A Tokio 1.x
-/// context was found, but it is being shutdown", "task ... was cancelled"). Now a connection
-/// nobody closed goes away with the process, quietly. The runtime stops when the connection's
-/// last handle is dropped.
-fn io_runtime() -> Result<async_rs::TokioRuntime, BrokerError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("tchu-amqp-io")
-        .enable_all()
-        .build()
-        .map_err(|e| BrokerError::with_source("cannot start the connection's I/O runtime", e))?;
-    Ok(async_rs::Runtime::tokio_with_runtime(rt))
-}
-
 /// Opens a connection with auto-recovery and its confirm-mode publish channel.
 async fn open(
     url: &str,
@@ -1155,7 +1138,7 @@ async fn open(
     let tls = lapin_tls(tls)?;
     #[cfg(feature = "tls")]
     check_tls(url, &tls).await?;
-    let runtime = io_runtime()?;
+    let runtime = lapin::runtime::default_runtime().map_err(err("no async runtime"))?;
     let conn = Connection::connect_with_config(url, props, tls, runtime)
         .await
         .map_err(|e| connect_error(url, e))?;
