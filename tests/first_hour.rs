@@ -10,29 +10,70 @@ mod common;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "s3cret-pw";
 
-/// Builds an example (a no-op when up to date) and returns its path next to this test binary.
-fn example(name: &str) -> PathBuf {
+/// `target/<profile>`, where this test binary's `deps/` is.
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("target dir");
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// `cargo build -q ARGS` into this test's target directory (a no-op when up to date).
+fn cargo_build(args: &[&str]) {
+    let profile_dir = profile_dir();
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "tchu", "--example", name])
-        .env("CARGO_TARGET_DIR", target_dir)
+        .args(["build", "-q"])
+        .args(args)
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        )
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
-        .expect("cargo build --example");
-    assert!(status.success(), "building the {name} example failed");
-    let bin = profile_dir.join("examples").join(name);
+        .expect("cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
+/// Builds an example and returns its path next to this test binary.
+fn example(name: &str) -> PathBuf {
+    cargo_build(&["-p", "tchu", "--example", name]);
+    let bin = profile_dir().join("examples").join(name);
     assert!(bin.exists(), "no binary at {}", bin.display());
     bin
+}
+
+/// A command for `bin` that inherits none of this process's tchu settings (`TCHU_*`,
+/// `AMQP_URL`, `RUST_LOG`), so each case sets exactly what it tests.
+fn clean_command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TCHU_") || k == "AMQP_URL" || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Waits for `child` to exit, at most `limit`; on time out kills it and returns `None`.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// What one run printed.
@@ -45,12 +86,7 @@ struct Outcome {
 
 /// Runs `bin` with `env` (and no inherited TCHU_* settings) until it exits, at most `limit`.
 fn run(bin: &Path, env: &[(&str, &str)], limit: Duration) -> Outcome {
-    let mut cmd = Command::new(bin);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TCHU_") || k == "AMQP_URL" || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = clean_command(bin);
     cmd.env(
         "TCHU_SERVICE",
         format!("t.first_hour.{}", std::process::id()),
@@ -60,36 +96,29 @@ fn run(bin: &Path, env: &[(&str, &str)], limit: Duration) -> Outcome {
     .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd.spawn().expect("spawn the example");
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .expect("stderr")
-                .read_to_string(&mut stderr)
-                .expect("read stderr");
-            let out = Outcome {
-                code: status.code(),
-                took: started.elapsed(),
-                stderr,
-            };
-            eprintln!(
-                "--- {env:?} ({:?}, exit {:?}):\n{}",
-                out.took, out.code, out.stderr
-            );
-            return out;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} with {env:?} did not exit within {limit:?}",
-                bin.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let Some(status) = wait_exit(&mut child, limit) else {
+        panic!(
+            "{} with {env:?} did not exit within {limit:?}",
+            bin.display()
+        );
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let out = Outcome {
+        code: status.code(),
+        took: started.elapsed(),
+        stderr,
+    };
+    eprintln!(
+        "--- {env:?} ({:?}, exit {:?}):\n{}",
+        out.took, out.code, out.stderr
+    );
+    out
 }
 
 /// Exit code 1 within `within`, the error text contains each of `wanted`, no password, no
@@ -352,24 +381,10 @@ fn a_publish_to_a_silent_broker_fails_within_the_publish_timeout() {
 
 #[test]
 fn the_cli_fails_fast_on_a_refused_broker_without_a_panic() {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "tchu-cli"])
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("target dir"),
-        )
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build -p tchu-cli");
-    assert!(status.success(), "building tchu-cli failed");
+    cargo_build(&["-p", "tchu-cli"]);
     let port = closed_port();
     let started = Instant::now();
-    let out = Command::new(profile_dir.join("tchu"))
+    let out = Command::new(profile_dir().join("tchu"))
         .args(["publish", "first_hour.cli", "{}", "--url"])
         .arg(url(&format!("127.0.0.1:{port}")))
         .output()
@@ -418,13 +433,7 @@ fn a_service_reports_its_start_and_stops_cleanly() {
     let names = common::Names::new("first_hour");
     let service = names.service("hello");
     let broker = common::broker_url();
-    let mut cmd = Command::new(&bin);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TCHU_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
+    let mut child = clean_command(&bin)
         .env("TCHU_BROKER_URL", &broker)
         .env("TCHU_SERVICE", &service)
         .env("TCHU_EXCHANGE", &names.exchange)
@@ -457,17 +466,7 @@ fn a_service_reports_its_start_and_stops_cleanly() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let deadline = Instant::now() + common::WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the service did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, common::WAIT).expect("the service did not stop on SIGTERM");
     let text = reader.join().expect("reader");
     eprintln!("{text}");
     let rt = tokio::runtime::Runtime::new().expect("runtime");

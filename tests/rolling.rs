@@ -151,19 +151,118 @@ async fn stop(mut i: Instance) {
 
 /// Waits (bounded) until the service's bindings are exactly `want`.
 async fn bindings_become(exchange: &str, queue: &str, want: &[&str]) {
-    let want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    bindings_become_within(exchange, queue, want, WAIT).await;
+}
+
+/// The end of a run: waits (bounded) until the service queue is empty and nothing more
+/// arrives, then reads its dead letters.
+async fn drain(client: &tchu::Client, svc: &str) -> Vec<tchu::DeadLetter> {
     let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let got = bindings(exchange, queue);
-        if got == want {
-            println!("bindings now {got:?}");
-            return;
-        }
+    while client.queue_len(svc).await.expect("len") > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "bindings are {got:?}, expected {want:?}"
+            "the queue does not drain"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client
+        .dead_letters(svc, 100_000)
+        .await
+        .expect("dead letters")
+}
+
+/// Deletes the test's exchange, the service queue and its handoff and lock queues.
+async fn cleanup(names: &Names, client: tchu::Client, svc: &str) {
+    let extra: Vec<String> = [".tchu.handoff", ".tchu.lock"]
+        .iter()
+        .map(|s| format!("{svc}{s}"))
+        .collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    names.cleanup(&client, &["myshop"], &extra).await;
+    client.close().await;
+}
+
+/// What happened to each published event, per topic: `[published, handled (directly or
+/// replayed), duplicates, dead-lettered for a reason in expected, not routed]`, and every
+/// event that breaks the rules: lost while `subscribed`, dead-lettered for another reason, or
+/// dead-lettered while `connected`.
+struct Tally {
+    report: BTreeMap<String, [u64; 5]>,
+    problems: Vec<String>,
+}
+
+impl Tally {
+    fn new(
+        published: &[(String, u64, i64)],
+        handled: &[(String, String, u64)],
+        dead: &[tchu::DeadLetter],
+        expected: &[&str],
+        subscribed: impl Fn(&str, i64) -> bool,
+        connected: impl Fn(&str, i64) -> bool,
+    ) -> Tally {
+        let mut times: BTreeMap<(String, u64), u32> = BTreeMap::new();
+        for (_, t, n) in handled {
+            *times.entry((t.clone(), *n)).or_insert(0) += 1;
+        }
+        let dead_keys: BTreeMap<(String, u64), (String, i64)> = dead
+            .iter()
+            .map(|d| {
+                let n = tchu::wire::decode(&d.message, tchu::wire::Limits::NONE)
+                    .ok()
+                    .and_then(|e| e.event.get("n").and_then(serde_json::Value::as_u64))
+                    .unwrap_or(u64::MAX);
+                (
+                    (d.original_routing_key.clone(), n),
+                    (d.reason.clone(), d.last_failure_ms),
+                )
+            })
+            .collect();
+        let mut report: BTreeMap<String, [u64; 5]> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (t, n, at) in published {
+            let r = report.entry(t.clone()).or_default();
+            r[0] += 1;
+            let key = (t.clone(), *n);
+            match (times.get(&key), dead_keys.get(&key)) {
+                (Some(&k), _) => {
+                    r[1] += 1;
+                    r[2] += u64::from(k - 1);
+                }
+                (None, Some((reason, _))) if !expected.iter().any(|e| reason.contains(e)) => {
+                    problems.push(format!("{t} {n} dead-lettered: {reason}"));
+                }
+                (None, Some(_)) => r[3] += 1,
+                (None, None) if subscribed(t, *at) => {
+                    problems.push(format!("{t} {n} (published at {at}) lost"));
+                }
+                (None, None) => r[4] += 1,
+            }
+        }
+        for ((t, n), (reason, when)) in &dead_keys {
+            if connected(t, *when) {
+                problems.push(format!(
+                    "{t} {n} dead-lettered at {when} while a handler ran: {reason}"
+                ));
+            }
+        }
+        Tally { report, problems }
+    }
+
+    /// No problem, and every `roll.a` event (always subscribed) handled.
+    fn assert_nothing_lost(&self) {
+        let problems = &self.problems;
+        assert!(
+            problems.is_empty(),
+            "{} problem(s): {:?}",
+            problems.len(),
+            &problems[..problems.len().min(20)]
+        );
+        assert!(
+            self.report
+                .get("roll.a")
+                .is_some_and(|r| r[0] > 100 && r[1] == r[0])
+        );
     }
 }
 
@@ -248,41 +347,11 @@ async fn rolling_deploy_and_rollback_lose_nothing() {
         .expect("load task");
     let published = published.lock().expect("lock").clone();
 
-    // Wait until the service queue is empty and nothing more arrives.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client.queue_len(&svc).await.expect("len") > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the queue does not drain"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let dead = client
-        .dead_letters(&svc, 100_000)
-        .await
-        .expect("dead letters");
+    let dead = drain(&client, &svc).await;
     stop(v1c).await;
     stop(v1d).await;
 
     let handled = handled.lock().expect("lock").clone();
-    let mut times: BTreeMap<(String, u64), u32> = BTreeMap::new();
-    for (_, t, n) in &handled {
-        *times.entry((t.clone(), *n)).or_insert(0) += 1;
-    }
-    let dead_keys: BTreeMap<(String, u64), (String, i64)> = dead
-        .iter()
-        .map(|d| {
-            let n = tchu::wire::decode(&d.message, tchu::wire::Limits::NONE)
-                .ok()
-                .and_then(|e| e.event.get("n").and_then(serde_json::Value::as_u64))
-                .unwrap_or(u64::MAX);
-            (
-                (d.original_routing_key.clone(), n),
-                (d.reason.clone(), d.last_failure_ms),
-            )
-        })
-        .collect();
     let (v2_ready, last_v1, v1_back, last_v2) = (
         marks["v2 ready"],
         marks["last v1 stopping"],
@@ -296,70 +365,32 @@ async fn rolling_deploy_and_rollback_lose_nothing() {
         "roll.b" => at < last_v1 || at >= v1_back,
         _ => at >= v2_ready && at < last_v2,
     };
-    let mut report: BTreeMap<String, [u64; 5]> = BTreeMap::new();
-    let mut problems = Vec::new();
-    for (t, n, at) in &published {
-        let r = report.entry(t.clone()).or_default();
-        r[0] += 1;
-        let key = (t.clone(), *n);
-        match (times.get(&key), dead_keys.get(&key)) {
-            (Some(&k), _) => {
-                r[1] += 1;
-                r[2] += u64::from(k - 1);
-            }
-            (None, Some((reason, _))) if !reason.contains("no running version") => {
-                problems.push(format!("{t} {n} dead-lettered: {reason}"));
-            }
-            (None, Some(_)) => r[3] += 1,
-            (None, None) if subscribed(t, *at) => {
-                problems.push(format!("{t} {n} (published at {at}) lost"));
-            }
-            (None, None) => r[4] += 1,
-        }
-    }
-    // Dead-lettered only while no version handling it ran.
-    for ((t, n), (reason, when)) in &dead_keys {
-        let handler_ran = match t.as_str() {
-            "roll.b" => *when < last_v1 || *when >= v1_back,
-            "roll.c" => *when >= v2_ready && *when < last_v2,
+    let tally = Tally::new(
+        &published,
+        &handled,
+        &dead,
+        &["no running version"],
+        subscribed,
+        |t, when| match t {
+            "roll.b" => when < last_v1 || when >= v1_back,
+            "roll.c" => when >= v2_ready && when < last_v2,
             _ => true,
-        };
-        if handler_ran {
-            problems.push(format!(
-                "{t} {n} dead-lettered at {when} while a handler ran: {reason}"
-            ));
-        }
-    }
+        },
+    );
     println!("marks: {marks:?}");
     println!(
         "topic: published, handled, duplicates, dead-lettered (no running version), not routed (no running version)"
     );
-    for (t, r) in &report {
+    for (t, r) in &tally.report {
         println!("{t}: {r:?}");
     }
     if let Some(d) = dead.first() {
         println!("a dead letter's reason: {}", d.reason);
     }
-    assert!(
-        problems.is_empty(),
-        "{} problem(s): {:?}",
-        problems.len(),
-        &problems[..problems.len().min(20)]
-    );
-    assert!(
-        report
-            .get("roll.a")
-            .is_some_and(|r| r[0] > 100 && r[1] == r[0])
-    );
-    assert!(report.get("roll.c").is_some_and(|r| r[1] > 0));
+    tally.assert_nothing_lost();
+    assert!(tally.report.get("roll.c").is_some_and(|r| r[1] > 0));
 
-    let extra: Vec<String> = [".tchu.handoff", ".tchu.lock"]
-        .iter()
-        .map(|s| format!("{svc}{s}"))
-        .collect();
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    names.cleanup(&client, &["myshop"], &extra).await;
-    client.close().await;
+    cleanup(&names, client, &svc).await;
 }
 
 /// Stops an instance with SIGKILL: no graceful shutdown, its connection just drops.
@@ -547,40 +578,11 @@ async fn rolling_deploy_with_kill9_loses_nothing() {
         .expect("load")
         .expect("load task");
     let published = published.lock().expect("lock").clone();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client.queue_len(&svc).await.expect("len") > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the queue does not drain"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let dead = client
-        .dead_letters(&svc, 100_000)
-        .await
-        .expect("dead letters");
+    let dead = drain(&client, &svc).await;
     stop(v1c).await;
     stop(v1d).await;
 
     let handled = handled.lock().expect("lock").clone();
-    let mut times: BTreeMap<(String, u64), u32> = BTreeMap::new();
-    for (_, t, n) in &handled {
-        *times.entry((t.clone(), *n)).or_insert(0) += 1;
-    }
-    let dead_keys: BTreeMap<(String, u64), (String, i64)> = dead
-        .iter()
-        .map(|d| {
-            let n = tchu::wire::decode(&d.message, tchu::wire::Limits::NONE)
-                .ok()
-                .and_then(|e| e.event.get("n").and_then(serde_json::Value::as_u64))
-                .unwrap_or(u64::MAX);
-            (
-                (d.original_routing_key.clone(), n),
-                (d.reason.clone(), d.last_failure_ms),
-            )
-        })
-        .collect();
     let m = |k: &str| marks[k];
     // Published while a version subscribing to it counted as running (bound): must not be
     // lost. b: until the grace after the last v1 was killed, and again from v1's return; c:
@@ -600,42 +602,19 @@ async fn rolling_deploy_with_kill9_loses_nothing() {
         }
         _ => true,
     };
-    let mut report: BTreeMap<String, [u64; 5]> = BTreeMap::new();
-    let mut problems = Vec::new();
-    for (t, n, at) in &published {
-        let r = report.entry(t.clone()).or_default();
-        r[0] += 1;
-        let key = (t.clone(), *n);
-        match (times.get(&key), dead_keys.get(&key)) {
-            (Some(&k), _) => {
-                r[1] += 1;
-                r[2] += u64::from(k - 1);
-            }
-            (None, Some((reason, _)))
-                if !reason.contains("no running version")
-                    && !reason.contains("no connected instance") =>
-            {
-                problems.push(format!("{t} {n} dead-lettered: {reason}"));
-            }
-            (None, Some(_)) => r[3] += 1,
-            (None, None) if subscribed(t, *at) => {
-                problems.push(format!("{t} {n} (published at {at}) lost"));
-            }
-            (None, None) => r[4] += 1,
-        }
-    }
-    for ((t, n), (reason, when)) in &dead_keys {
-        if connected(t, *when) {
-            problems.push(format!(
-                "{t} {n} dead-lettered at {when} while a handler ran: {reason}"
-            ));
-        }
-    }
+    let tally = Tally::new(
+        &published,
+        &handled,
+        &dead,
+        &["no running version", "no connected instance"],
+        subscribed,
+        connected,
+    );
     println!("marks: {marks:?}");
     println!(
         "topic: published, handled (directly or replayed), duplicates, dead-lettered (no connected handler), not routed (no version counted as running)"
     );
-    for (t, r) in &report {
+    for (t, r) in &tally.report {
         println!("{t}: {r:?}");
     }
     println!(
@@ -645,27 +624,11 @@ async fn rolling_deploy_with_kill9_loses_nothing() {
     if let Some(d) = dead.first() {
         println!("a dead letter's reason: {}", d.reason);
     }
-    assert!(
-        problems.is_empty(),
-        "{} problem(s): {:?}",
-        problems.len(),
-        &problems[..problems.len().min(20)]
-    );
-    assert!(
-        report
-            .get("roll.a")
-            .is_some_and(|r| r[0] > 100 && r[1] == r[0])
-    );
+    tally.assert_nothing_lost();
     assert!(
         replayed_b > 0,
         "nothing of b was dead-lettered while v1 was away"
     );
 
-    let extra: Vec<String> = [".tchu.handoff", ".tchu.lock"]
-        .iter()
-        .map(|s| format!("{svc}{s}"))
-        .collect();
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    names.cleanup(&client, &["myshop"], &extra).await;
-    client.close().await;
+    cleanup(&names, client, &svc).await;
 }
