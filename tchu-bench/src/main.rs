@@ -6,7 +6,7 @@
 //! tchu-bench smoke    [same options]                             every workload at tiny sizes
 //! tchu-bench tchutchu [--out DIR] [--only ..] [--sides ..] [--reps N]   only tchu-tchu
 //! tchu-bench child ROLE SIDE EXCHANGE PREFIX ARGS..   (internal: a split-layout process)
-//! tchu-bench child-service SIDE EXCHANGE PREFIX N                (internal: memory child)
+//! tchu-bench child-service SIDE EXCHANGE PREFIX N IDLE_MS        (internal: memory child)
 //! ```
 //! `--layout` (default `both`): `same` runs publisher, services and caller in the harness's
 //! process, `split` each in a process of its own (see `workloads::Layout`); `both` alternates
@@ -88,11 +88,11 @@ async fn main() {
 }
 
 async fn child(args: &[String]) -> Res<()> {
-    let [side, exchange, prefix, n] = args else {
+    let [side, exchange, prefix, n, idle_ms] = args else {
         usage()
     };
     let side = Side::parse(side).ok_or("bad side")?;
-    workloads::child_service(side, exchange, prefix, n.parse()?).await
+    workloads::child_service(side, exchange, prefix, n.parse()?, idle_ms.parse()?).await
 }
 
 /// A run that takes longer than this is failed (and retried once).
@@ -138,14 +138,14 @@ async fn run_one(
 /// such as the broker's pinning are dropped and restore what they changed).
 async fn harness(sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = harness_run(sizes, args, mode) => r,
-        r = tokio::signal::ctrl_c() => {
-            r?;
-            Err("interrupted (Ctrl-C)".into())
-        }
+    let r = tokio::select! {
+        r = harness_run(sizes, args, mode) => return r,
+        r = tokio::signal::ctrl_c() => r.map_err(Into::into).and(Err("interrupted (Ctrl-C)".into())),
         _ = term.recv() => Err("terminated (SIGTERM)".into()),
-    }
+    };
+    // The run was dropped (its children killed, the broker unpinned): delete its queues.
+    workloads::cleanup_unfinished().await;
+    r
 }
 
 async fn harness_run(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
@@ -292,7 +292,10 @@ async fn harness_run(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
                     let run = run_one(w, side, layout, &sizes, &tt, venv.as_deref());
                     let r = match tokio::time::timeout(RUN_LIMIT, run).await {
                         Ok(r) => r,
-                        Err(_) => Err(format!("no result within {RUN_LIMIT:?}").into()),
+                        Err(_) => {
+                            workloads::cleanup_unfinished().await;
+                            Err(format!("no result within {RUN_LIMIT:?}").into())
+                        }
                     };
                     match r {
                         Ok(m) => break m,
@@ -324,7 +327,7 @@ async fn harness_run(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
                 for (k, v) in m {
                     samples.entry((k, side, layout)).or_default().push(v);
                 }
-                raw::settle().await;
+                tokio::time::sleep(std::time::Duration::from_millis(sizes.settle_ms)).await;
             }
         }
     }

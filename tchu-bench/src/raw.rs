@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
@@ -548,9 +547,4 @@ impl Caller {
         self.task.abort();
         let _ = self.conn.close(200, ShortString::from("bye")).await;
     }
-}
-
-/// Gives the broker a moment to settle between runs.
-pub(crate) async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }

@@ -64,6 +64,11 @@ pub(crate) struct Sizes {
     pub(crate) rpc_conc: usize,
     pub(crate) fanout: usize,
     pub(crate) peak: usize,
+    /// How long the memory workload's idle service waits before its RSS is read.
+    pub(crate) idle_ms: u64,
+    /// The pause between two runs, for the broker to settle (none in smoke, which measures
+    /// nothing).
+    pub(crate) settle_ms: u64,
     /// tchu-tchu side (see `tchutchu`): events of workload 2 (the worker's peak memory too).
     pub(crate) tt_e2e: usize,
     pub(crate) tt_paced_rate: u64,
@@ -90,6 +95,8 @@ impl Sizes {
         rpc_conc: 20_000,
         fanout: 20_000,
         peak: 100_000,
+        idle_ms: 2_000,
+        settle_ms: 300,
         tt_e2e: 5_000,
         tt_paced_rate: 200,
         tt_paced_ms: 10_000,
@@ -111,6 +118,8 @@ impl Sizes {
         rpc_conc: 500,
         fanout: 500,
         peak: 2_000,
+        idle_ms: 500,
+        settle_ms: 0,
         tt_e2e: 200,
         tt_paced_rate: 50,
         tt_paced_ms: 1_000,
@@ -165,17 +174,39 @@ async fn publish_many(p: &Arc<Publisher>, topic: &str, n: usize) -> Res<()> {
     .await
 }
 
+/// The names (and service names) of runs in progress, for [`cleanup_unfinished`].
+static IN_USE: std::sync::Mutex<Vec<(Names, Vec<String>)>> = std::sync::Mutex::new(Vec::new());
+
 /// Runs `run` on fresh exchange and queue names ([`Names::new`]), then deletes the queues of
-/// `services` and the exchange, whether it succeeded or not.
+/// `services` and the exchange, whether it succeeded or not. A run dropped before it ends
+/// (timed out, interrupted) leaves its names to [`cleanup_unfinished`].
 async fn on_fresh_names<T>(
     workload: &str,
     services: &[&str],
     run: impl AsyncFnOnce(&Names) -> Res<T>,
 ) -> Res<T> {
     let names = Names::new(workload);
+    if let Ok(mut v) = IN_USE.lock() {
+        v.push((
+            names.clone(),
+            services.iter().map(|s| (*s).to_owned()).collect(),
+        ));
+    }
     let out = run(&names).await;
     cleanup(&names, services).await;
+    if let Ok(mut v) = IN_USE.lock() {
+        v.retain(|(n, _)| n.exchange != names.exchange);
+    }
     out
+}
+
+/// Deletes what runs that were dropped before their end declared.
+pub(crate) async fn cleanup_unfinished() {
+    let left = IN_USE.lock().map(|mut v| std::mem::take(&mut *v));
+    for (names, services) in left.unwrap_or_default() {
+        let services: Vec<&str> = services.iter().map(String::as_str).collect();
+        cleanup(&names, &services).await;
+    }
 }
 
 /// Workload 1, the part that publishes: 100 warm-up events, then one task awaiting each
@@ -651,9 +682,15 @@ pub(crate) async fn child(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-/// The child process: a service that reports its memory. With `n == 0` it idles two seconds
+/// The child process: a service that reports its memory. With `n == 0` it idles `idle_ms`
 /// and reports VmRSS; otherwise it prints `READY`, handles `n` events and reports VmHWM.
-pub(crate) async fn child_service(side: Side, exchange: &str, prefix: &str, n: u64) -> Res<()> {
+pub(crate) async fn child_service(
+    side: Side,
+    exchange: &str,
+    prefix: &str,
+    n: u64,
+    idle_ms: u64,
+) -> Res<()> {
     let names = Names {
         exchange: exchange.to_owned(),
         prefix: prefix.to_owned(),
@@ -661,7 +698,7 @@ pub(crate) async fn child_service(side: Side, exchange: &str, prefix: &str, n: u
     let counter = Arc::new(Counter::new(n.max(1), false));
     let svc = Service::start(side, &names, "svc", "bench.mem.*", Arc::clone(&counter)).await?;
     if n == 0 {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(idle_ms)).await;
     } else {
         println!("READY");
         counter.wait("child service").await?;
@@ -676,15 +713,15 @@ pub(crate) async fn child_service(side: Side, exchange: &str, prefix: &str, n: u
 /// Workload 6, memory: idle RSS of a service, and its peak RSS while it handles the e2e workload, each
 /// measured in a child process (this binary's `child-service`).
 pub(crate) async fn memory(side: Side, s: &Sizes) -> Res<Measured> {
-    let idle = run_child(side, 0).await?.0;
-    let peak = run_child(side, s.peak).await?.1;
+    let idle = run_child(side, 0, s.idle_ms).await?.0;
+    let peak = run_child(side, s.peak, s.idle_ms).await?.1;
     Ok(vec![
         ("rss_idle", idle as f64 / 1024.0),
         ("rss_peak", peak as f64 / 1024.0),
     ])
 }
 
-async fn run_child(side: Side, n: usize) -> Res<(u64, u64)> {
+async fn run_child(side: Side, n: usize, idle_ms: u64) -> Res<(u64, u64)> {
     on_fresh_names("mem", &["svc"], async |names| {
         let exe = std::env::current_exe()?;
         let mut child = tokio::process::Command::new(exe)
@@ -694,6 +731,7 @@ async fn run_child(side: Side, n: usize) -> Res<(u64, u64)> {
                 &names.exchange,
                 &names.prefix,
                 &n.to_string(),
+                &idle_ms.to_string(),
             ])
             .stdout(Stdio::piped())
             .kill_on_drop(true)
