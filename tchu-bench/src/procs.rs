@@ -148,3 +148,16 @@ pub(crate) async fn guarded<T>(role: impl Future<Output = Res<T>>) -> Res<T> {
         () = stdin_closed() => Err("stdin closed: the harness stopped this child".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Figures;
+
+    #[test]
+    fn reads_a_result_line() {
+        let f = Figures::parse("done_ns=1234567890123 cpu_ns=42 p50=0.5 junk");
+        assert_eq!(f.u64("done_ns").ok(), Some(1_234_567_890_123));
+        assert_eq!(f.f64("p50").ok(), Some(0.5));
+        assert!(f.u64("start_ns").is_err());
+    }
+}

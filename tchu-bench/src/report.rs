@@ -631,3 +631,26 @@ pub(crate) fn plot(samples: &Samples, layouts: &[Layout], path: &Path) -> Res<()
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_per_layout_with_the_ratio_columns() {
+        let mut s = Samples::new();
+        s.insert(("e2e", Side::Raw, Layout::Split), vec![100.0]);
+        s.insert(("e2e", Side::RawCelery, Layout::Split), vec![80.0]);
+        s.insert(("e2e", Side::Celery, Layout::Split), vec![72.0]);
+        s.insert(("e2e", Side::Raw, Layout::Same), vec![50.0]);
+        let split = table(&s, Layout::Split);
+        // raw-celery / raw, tchu Celery / raw, tchu Celery / raw-celery.
+        assert!(
+            split.contains("| 80.00 | 0.80 | 72.00 | 0.72 | 0.90 |"),
+            "{split}"
+        );
+        let same = table(&s, Layout::Same);
+        assert!(same.contains("| 50.00 | – |"), "{same}");
+        assert!(!same.contains("72.00"), "{same}");
+    }
+}
