@@ -1,8 +1,11 @@
-//! Shared pieces: broker URL, unique names, payloads, a monotonic clock, counters, statistics.
+//! Shared pieces: broker URL, unique names, payloads, the system-wide monotonic clock and the
+//! process's CPU clock, counters, statistics.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use rustix::time::{ClockId, Timespec, clock_gettime};
 
 use tokio::sync::Notify;
 
@@ -54,14 +57,28 @@ impl Names {
     }
 }
 
-fn start() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
-    *START.get_or_init(Instant::now)
+fn ns(t: Timespec) -> u64 {
+    let s = u64::try_from(t.tv_sec).unwrap_or(0);
+    let n = u64::try_from(t.tv_nsec).unwrap_or(0);
+    s.saturating_mul(1_000_000_000).saturating_add(n)
 }
 
-/// Nanoseconds on a process-wide monotonic clock (publisher and handler share the process).
+/// Nanoseconds on the system-wide `CLOCK_MONOTONIC`: the same clock in every process on the
+/// machine (Linux), so a send time taken in a publisher process and a receive time taken in a
+/// service process can be subtracted.
 pub(crate) fn now_ns() -> u64 {
-    u64::try_from(start().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    ns(clock_gettime(ClockId::Monotonic))
+}
+
+/// CPU time (user + system, all threads) this process has used, in nanoseconds
+/// (`CLOCK_PROCESS_CPUTIME_ID`, the precise sum `getrusage` rounds and splits).
+pub(crate) fn cpu_ns() -> u64 {
+    ns(clock_gettime(ClockId::ProcessCPUTime))
+}
+
+/// CPU used since `from` (a [`cpu_ns`] reading), in µs per `n` items.
+pub(crate) fn cpu_us_per(from: u64, n: usize) -> f64 {
+    cpu_ns().saturating_sub(from) as f64 / 1e3 / n.max(1) as f64
 }
 
 /// An event payload of about 100 bytes as JSON, carrying its send time.

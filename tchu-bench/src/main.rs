@@ -1,13 +1,20 @@
 //! tchu against raw lapin on a real RabbitMQ.
 //!
 //! ```text
-//! tchu-bench all      [--out DIR] [--only w1,w2,..] [--sides s1,s2,..] [--reps N]   full run
-//! tchu-bench smoke    [--out DIR] [--only ..] [--sides ..]       every workload at tiny sizes
+//! tchu-bench all      [--out DIR] [--only w1,w2,..] [--sides s1,s2,..] [--reps N]
+//!                     [--layout same|split|both] [--pin]                      full run
+//! tchu-bench smoke    [same options]                             every workload at tiny sizes
 //! tchu-bench tchutchu [--out DIR] [--only ..] [--sides ..] [--reps N]   only tchu-tchu
-//! tchu-bench child-service SIDE EXCHANGE PREFIX N                (internal: memory child)
+//! tchu-bench child ROLE SIDE EXCHANGE PREFIX ARGS..   (internal: a split-layout process)
+//! tchu-bench child-service SIDE EXCHANGE PREFIX N IDLE_MS        (internal: memory child)
 //! ```
+//! `--layout` (default `both`): `same` runs publisher, services and caller in the harness's
+//! process, `split` each in a process of its own (see `workloads::Layout`); `both` alternates
+//! the two within each repetition. `--pin` pins the broker to core 0 and the client processes
+//! to core 1 for the run (see `pin`) and writes `results-pinned.{md,svg}`.
+//!
 //! Workloads: publish, e2e, paced, rpc, fanout, memory. Sides: raw, raw-celery (raw lapin with
-//! tchu's Celery bytes; no rpc), tchu-celery, tchu-native,
+//! tchu's Celery bytes, RPC replies in the Celery result format), tchu-celery, tchu-native,
 //! tchu-tchu (the Python library with Celery workers; runs e2e, paced and rpc, and reports
 //! its memory from e2e; only when a venv is found, see `tchutchu`). `all` runs every side,
 //! `smoke` runs tchu-tchu once, tiny, on one worker, `tchutchu` runs only tchu-tchu (writes to
@@ -20,6 +27,8 @@
 )]
 
 mod common;
+mod pin;
+mod procs;
 mod raw;
 mod report;
 mod sides;
@@ -32,14 +41,15 @@ use std::time::Instant;
 use common::Res;
 use report::Samples;
 use sides::Side;
-use workloads::Sizes;
+use workloads::{Layout, Sizes};
 
 const WORKLOADS: [&str; 6] = ["publish", "e2e", "paced", "rpc", "fanout", "memory"];
 
 fn usage() -> ! {
     eprintln!(
         "usage: tchu-bench all|smoke|tchutchu [--out DIR] [--only {}] \
-         [--sides raw,raw-celery,tchu-celery,tchu-native,tchu-tchu] [--reps N]",
+         [--sides raw,raw-celery,tchu-celery,tchu-native,tchu-tchu] [--reps N] \
+         [--layout same|split|both] [--pin]",
         WORKLOADS.join(",")
     );
     std::process::exit(2)
@@ -49,6 +59,22 @@ fn usage() -> ! {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
+        Some("child") => {
+            // Exit at once: the runtime would wait for the blocking read of stdin.
+            let code = match workloads::child(&args[1..]).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!(
+                        "error: child {}: {}",
+                        args[1..].join(" "),
+                        common::chain(&*e)
+                    );
+                    1
+                }
+            };
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            std::process::exit(code);
+        }
         Some("child-service") => child(&args[1..]).await,
         Some("all") => harness(Sizes::FULL, &args[1..], Mode::All).await,
         Some("smoke") => harness(Sizes::SMOKE, &args[1..], Mode::Smoke).await,
@@ -62,15 +88,15 @@ async fn main() {
 }
 
 async fn child(args: &[String]) -> Res<()> {
-    let [side, exchange, prefix, n] = args else {
+    let [side, exchange, prefix, n, idle_ms] = args else {
         usage()
     };
     let side = Side::parse(side).ok_or("bad side")?;
-    workloads::child_service(side, exchange, prefix, n.parse()?).await
+    workloads::child_service(side, exchange, prefix, n.parse()?, idle_ms.parse()?).await
 }
 
 /// A run that takes longer than this is failed (and retried once).
-const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(240);
+pub(crate) const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// Which command runs the harness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +109,7 @@ enum Mode {
 async fn run_one(
     w: &str,
     side: Side,
+    layout: Layout,
     sizes: &Sizes,
     tt: &[&str],
     venv: Option<&std::path::Path>,
@@ -98,17 +125,33 @@ async fn run_one(
         return tchutchu::run(venv, &ws, sizes).await;
     }
     match w {
-        "publish" => workloads::publish(side, sizes).await,
-        "e2e" => workloads::e2e(side, sizes).await,
-        "paced" => workloads::paced(side, sizes).await,
-        "rpc" => workloads::rpc(side, sizes).await,
-        "fanout" => workloads::fanout(side, sizes).await,
+        "publish" => workloads::publish(side, sizes, layout).await,
+        "e2e" => workloads::e2e(side, sizes, layout).await,
+        "paced" => workloads::paced(side, sizes, layout).await,
+        "rpc" => workloads::rpc(side, sizes, layout).await,
+        "fanout" => workloads::fanout(side, sizes, layout).await,
         _ => workloads::memory(side, sizes).await,
     }
 }
 
-async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
+/// Runs the harness until it is done or interrupted (Ctrl-C, SIGTERM: an error, so that guards
+/// such as the broker's pinning are dropped and restore what they changed).
+async fn harness(sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let r = tokio::select! {
+        r = harness_run(sizes, args, mode) => return r,
+        r = tokio::signal::ctrl_c() => r.map_err(Into::into).and(Err("interrupted (Ctrl-C)".into())),
+        _ = term.recv() => Err("terminated (SIGTERM)".into()),
+    };
+    // The run was dropped (its children killed, the broker unpinned): delete its queues.
+    workloads::cleanup_unfinished().await;
+    r
+}
+
+async fn harness_run(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
     let mut out: Option<PathBuf> = None;
+    let mut layouts = vec![Layout::Same, Layout::Split];
+    let mut pin = false;
     let mut only: Vec<String> = if mode == Mode::TchuTchu {
         tchutchu::WORKLOADS
             .iter()
@@ -147,6 +190,15 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
                     .collect::<Result<_, _>>()?;
             }
             "--reps" => sizes.reps = it.next().unwrap_or_else(|| usage()).parse()?,
+            "--layout" => {
+                layouts = match it.next().map(String::as_str) {
+                    Some("same") => vec![Layout::Same],
+                    Some("split") => vec![Layout::Split],
+                    Some("both") => vec![Layout::Same, Layout::Split],
+                    _ => usage(),
+                };
+            }
+            "--pin" => pin = true,
             _ => usage(),
         }
     }
@@ -187,7 +239,30 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
         Mode::Smoke => std::env::temp_dir().join("tchu-bench-smoke"),
     });
     std::fs::create_dir_all(&out)?;
+    // Workloads that do not depend on the layout (memory: the service is always a child; the
+    // tchu-tchu driver always runs its Celery worker apart) run once, filed under this one.
+    let primary = if layouts.contains(&Layout::Split) {
+        Layout::Split
+    } else {
+        Layout::Same
+    };
+    let _pinned = if pin {
+        Some(pin::BrokerPin::start()?)
+    } else {
+        None
+    };
+    let pinning = if pin {
+        format!(
+            "on: broker (beam.smp, all threads) on core {}, client processes on core {}",
+            pin::BROKER_CORE,
+            pin::CLIENT_CORE
+        )
+    } else {
+        "off".to_owned()
+    };
     println!("sizes: {sizes:?}");
+    let shown: Vec<&str> = layouts.iter().map(|l| l.label()).collect();
+    println!("layouts: {}; pinning: {pinning}", shown.join(", "));
     println!("broker: {}", tchu::config::redact(&common::broker_url()));
     let load_before = loadavg();
     println!("load average: {load_before}");
@@ -196,8 +271,12 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
     let started = Instant::now();
     for w in WORKLOADS.iter().filter(|w| only.iter().any(|o| o == *w)) {
         for rep in 0..sizes.reps {
-            for &side in &sides {
-                if !side.runs(w) {
+            for (&layout, &side) in layouts
+                .iter()
+                .flat_map(|l| sides.iter().map(move |s| (l, s)))
+            {
+                let once = *w == "memory" || side == Side::TchuTchu;
+                if once && layout != primary {
                     continue;
                 }
                 if side == Side::TchuTchu {
@@ -210,17 +289,21 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
                 let mut attempt = 0;
                 let m = loop {
                     attempt += 1;
-                    let run = run_one(w, side, &sizes, &tt, venv.as_deref());
+                    let run = run_one(w, side, layout, &sizes, &tt, venv.as_deref());
                     let r = match tokio::time::timeout(RUN_LIMIT, run).await {
                         Ok(r) => r,
-                        Err(_) => Err(format!("no result within {RUN_LIMIT:?}").into()),
+                        Err(_) => {
+                            workloads::cleanup_unfinished().await;
+                            Err(format!("no result within {RUN_LIMIT:?}").into())
+                        }
                     };
                     match r {
                         Ok(m) => break m,
                         Err(e) => {
                             let msg = format!(
-                                "{w} ({}, run {}, attempt {attempt}): {}",
+                                "{w} ({}, {}, run {}, attempt {attempt}): {}",
                                 side.label(),
+                                layout.label(),
                                 rep + 1,
                                 common::chain(&*e)
                             );
@@ -234,37 +317,48 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
                 };
                 let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v:.3}")).collect();
                 println!(
-                    "{w:8} run {} {:12} {:5.1}s  {}",
+                    "{w:8} run {} {:5} {:12} {:5.1}s  {}",
                     rep + 1,
+                    layout.label(),
                     side.label(),
                     t.elapsed().as_secs_f64(),
                     shown.join(" ")
                 );
                 for (k, v) in m {
-                    samples.entry((k, side)).or_default().push(v);
+                    samples.entry((k, side, layout)).or_default().push(v);
                 }
-                raw::settle().await;
+                tokio::time::sleep(std::time::Duration::from_millis(sizes.settle_ms)).await;
             }
         }
     }
     let total = started.elapsed();
-    let mut table = if samples.keys().any(|(_, s)| *s != Side::TchuTchu) {
-        report::table(&samples)
-    } else {
-        String::new()
-    };
-    if samples.keys().any(|(_, s)| *s == Side::TchuTchu) {
+    let mut table = String::new();
+    for &layout in &layouts {
+        if samples
+            .keys()
+            .any(|(_, s, l)| *s != Side::TchuTchu && *l == layout)
+        {
+            table.push_str(&format!(
+                "Layout `{}`: {}. Pinning: {pinning}.\n\n{}\n",
+                layout.label(),
+                layout.describe(),
+                report::table(&samples, layout)
+            ));
+        }
+    }
+    if samples.keys().any(|(_, s, _)| *s == Side::TchuTchu) {
         table.push_str(&format!(
-            "\ntchu vs tchu-tchu (tchu Celery format, this run; tchu-tchu at its own sizes: \
+            "\ntchu vs tchu-tchu (tchu Celery format, layout `{}`, this run; tchu-tchu at its own sizes: \
              {} events end to end, paced {}/s for {} ms, {} sequential calls, {} calls from {} \
              threads):\n\n{}",
+            primary.label(),
             sizes.tt_e2e,
             sizes.tt_paced_rate,
             sizes.tt_paced_ms,
             sizes.tt_rpc_seq,
             sizes.tt_rpc_conc,
             sizes.tt_callers,
-            report::versus_table(&samples)
+            report::versus_table(&samples, primary)
         ));
     }
     println!("\n{table}");
@@ -272,14 +366,20 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
     let load_after = loadavg();
     println!("load average: {load_after}");
     let mut md = format!(
-        "Sizes: {sizes:?}\n\nTotal harness time: {:.0} s\n\n\
+        "Sizes: {sizes:?}\n\nLayouts: {}. Pinning: {pinning}.\n\nTotal harness time: {:.0} s\n\n\
          Load average (/proc/loadavg) before: {load_before}; after: {load_after}\n\n{table}",
+        shown.join(", "),
         total.as_secs_f64()
     );
     md.push_str("\nRaw samples (one per run, in run order):\n\n```\n");
-    for ((k, side), v) in &samples {
+    for ((k, side, layout), v) in &samples {
         let vs: Vec<String> = v.iter().map(|x| format!("{x:.4}")).collect();
-        md.push_str(&format!("{k:14} {:12} {}\n", side.label(), vs.join(" ")));
+        md.push_str(&format!(
+            "{k:14} {:5} {:12} {}\n",
+            layout.label(),
+            side.label(),
+            vs.join(" ")
+        ));
     }
     md.push_str("```\n");
     if !failures.is_empty() {
@@ -288,14 +388,12 @@ async fn harness(mut sizes: Sizes, args: &[String], mode: Mode) -> Res<()> {
             md.push_str(&format!("- {f}\n"));
         }
     }
-    std::fs::write(out.join("results.md"), md)?;
-    let svg = out.join("results.svg");
-    report::plot(&samples, &svg)?;
-    println!(
-        "wrote {} and {}",
-        out.join("results.md").display(),
-        svg.display()
-    );
+    let stem = if pin { "results-pinned" } else { "results" };
+    let md_path = out.join(format!("{stem}.md"));
+    std::fs::write(&md_path, md)?;
+    let svg = out.join(format!("{stem}.svg"));
+    report::plot(&samples, &layouts, &svg)?;
+    println!("wrote {} and {}", md_path.display(), svg.display());
     Ok(())
 }
 

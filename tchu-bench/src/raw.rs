@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
@@ -67,6 +66,103 @@ impl Body {
             }
         }
     }
+
+    /// The body and properties of one RPC request with correlation id `id` (not persistent,
+    /// replies to direct reply-to, expiring after [`WAIT`]), as tchu's `call` sends it.
+    fn request(self, topic: &str, json: Vec<u8>, id: &str) -> (Vec<u8>, BasicProperties) {
+        let (body, props) = match self {
+            Body::Plain => (
+                json,
+                BasicProperties::default()
+                    .with_delivery_mode(1)
+                    .with_content_type("application/json".into())
+                    .with_correlation_id(id.into()),
+            ),
+            Body::Celery => {
+                let m = tchu_runtime::wire::celery::encode(topic, &json, id, true);
+                let props = lapin_properties(&m.properties);
+                (m.body, props)
+            }
+        };
+        let props = props
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_expiration(WAIT.as_millis().to_string().into());
+        (body, props)
+    }
+
+    /// The reply of a responder to a request `body` with correlation id `cid` (routing key
+    /// `topic`): `{"echo": <request>}`, as plain JSON or as the Celery result meta tchu's
+    /// dispatcher sends (`wire::celery::encode_reply`, handler `echo`).
+    fn echo_reply(self, topic: &str, body: &[u8], cid: &str) -> (Vec<u8>, BasicProperties) {
+        match self {
+            Body::Plain => {
+                let req: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                let body =
+                    serde_json::to_vec(&serde_json::json!({ "echo": req })).unwrap_or_default();
+                let props = BasicProperties::default()
+                    .with_delivery_mode(1)
+                    .with_content_type("application/json".into())
+                    .with_correlation_id(cid.into());
+                (body, props)
+            }
+            Body::Celery => {
+                // The request as tchu's handler sees it: `args[0]` without `_tchu_meta`.
+                let req = match self.event(body) {
+                    Some(serde_json::Value::Object(mut m)) => {
+                        m.remove(tchu_runtime::wire::celery::META_KEY);
+                        serde_json::Value::Object(m)
+                    }
+                    other => other.unwrap_or_default(),
+                };
+                let reply = tchu_runtime::wire::Reply::Ok(serde_json::json!({ "echo": req }));
+                let m = tchu_runtime::wire::celery::encode_reply(topic, "echo", cid, &reply);
+                let props = lapin_properties(&m.properties);
+                (m.body, props)
+            }
+        }
+    }
+
+    /// The handler's value in a reply body (Celery: `result.results[0].result` of a
+    /// `SUCCESS` result meta whose handler status is `success`).
+    fn reply_value(self, body: &[u8]) -> Res<serde_json::Value> {
+        match self {
+            Body::Plain => Ok(serde_json::from_slice(body)?),
+            Body::Celery => {
+                let meta: CeleryMeta<'_> = serde_json::from_slice(body)?;
+                match meta.result.results.into_iter().next() {
+                    Some(h) if meta.status == "SUCCESS" && h.status == "success" => {
+                        Ok(h.result.unwrap_or_default())
+                    }
+                    _ => Err(
+                        format!("not a successful reply: {}", String::from_utf8_lossy(body)).into(),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The part of Celery result meta a raw caller reads.
+#[derive(serde::Deserialize)]
+struct CeleryMeta<'a> {
+    #[serde(borrow)]
+    status: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    result: CeleryDispatch<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct CeleryDispatch<'a> {
+    #[serde(borrow)]
+    results: Vec<CeleryHandler<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct CeleryHandler<'a> {
+    #[serde(borrow)]
+    status: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    result: Option<serde_json::Value>,
 }
 
 /// tchu's properties as lapin's, converted the way tchu's AMQP broker does.
@@ -320,6 +416,7 @@ pub(crate) async fn responder(
     url: &str,
     (exchange, queue, pattern): (&str, &str, &str),
     prefetch: u16,
+    body: Body,
 ) -> Res<Consuming> {
     let (conn, _ch, mut consumer) =
         consume(url, (exchange, queue, pattern), prefetch, "raw-rpc").await?;
@@ -328,22 +425,17 @@ pub(crate) async fn responder(
         while let Some(Ok(d)) = consumer.next().await {
             let reply_ch = reply_ch.clone();
             tokio::spawn(async move {
-                let req: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
-                let body =
-                    serde_json::to_vec(&serde_json::json!({ "echo": req })).unwrap_or_default();
                 if let (Some(to), Some(cid)) =
                     (d.properties.reply_to(), d.properties.correlation_id())
                 {
-                    let props = BasicProperties::default()
-                        .with_delivery_mode(1)
-                        .with_content_type("application/json".into())
-                        .with_correlation_id(cid.clone());
+                    let (reply, props) =
+                        body.echo_reply(d.routing_key.as_str(), &d.data, cid.as_str());
                     if let Ok(c) = reply_ch
                         .basic_publish(
                             "".into(),
                             to.clone(),
                             BasicPublishOptions::default(),
-                            &body,
+                            &reply,
                             props,
                         )
                         .await
@@ -369,10 +461,11 @@ pub(crate) struct Caller {
     exchange: String,
     pending: Pending,
     task: JoinHandle<()>,
+    body: Body,
 }
 
 impl Caller {
-    pub(crate) async fn connect(url: &str, exchange: &str) -> Res<Self> {
+    pub(crate) async fn connect(url: &str, exchange: &str, body: Body) -> Res<Self> {
         let conn = connect(url).await?;
         let ch = confirm_channel(&conn).await?;
         let mut replies = ch
@@ -405,6 +498,7 @@ impl Caller {
             exchange: exchange.to_owned(),
             pending,
             task,
+            body,
         })
     }
 
@@ -414,18 +508,16 @@ impl Caller {
         topic: &str,
         req: &serde_json::Value,
     ) -> Res<serde_json::Value> {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = match self.body {
+            Body::Plain => uuid::Uuid::new_v4().to_string(),
+            // Task ids as tchu makes them.
+            Body::Celery => tchu_runtime::wire::new_message_id(),
+        };
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.pending.lock() {
             m.insert(id.clone(), tx);
         }
-        let body = serde_json::to_vec(req)?;
-        let props = BasicProperties::default()
-            .with_delivery_mode(1)
-            .with_content_type("application/json".into())
-            .with_reply_to(DIRECT_REPLY_TO.into())
-            .with_correlation_id(id.as_str().into())
-            .with_expiration(WAIT.as_millis().to_string().into());
+        let (body, props) = self.body.request(topic, serde_json::to_vec(req)?, &id);
         let confirm = self
             .ch
             .basic_publish(
@@ -448,16 +540,11 @@ impl Caller {
         let reply = tokio::time::timeout(WAIT, rx)
             .await
             .map_err(|_| "rpc timeout")??;
-        Ok(serde_json::from_slice(&reply)?)
+        self.body.reply_value(&reply)
     }
 
     pub(crate) async fn close(self) {
         self.task.abort();
         let _ = self.conn.close(200, ShortString::from("bye")).await;
     }
-}
-
-/// Gives the broker a moment to settle between runs.
-pub(crate) async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 
 use crate::common::{Res, median};
 use crate::sides::Side;
+use crate::workloads::Layout;
 
 /// A target from the issue.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +106,66 @@ pub(crate) const ROWS: &[Row] = &[
         target: None,
     },
     Row {
+        key: "cpu_pub_conc",
+        workload: "1 publish, 64 tasks: CPU of the publishing process",
+        metric: "µs/event",
+        target: None,
+    },
+    Row {
+        key: "cpu_all_e2e",
+        workload: "2 end-to-end: CPU of the one process",
+        metric: "µs/event",
+        target: None,
+    },
+    Row {
+        key: "cpu_pub_e2e",
+        workload: "2 end-to-end: CPU of the publisher process",
+        metric: "µs/event",
+        target: None,
+    },
+    Row {
+        key: "cpu_svc_e2e",
+        workload: "2 end-to-end: CPU of the service process",
+        metric: "µs/event",
+        target: None,
+    },
+    Row {
+        key: "cpu_all_rpc",
+        workload: "4 RPC (all calls): CPU of the one process",
+        metric: "µs/call",
+        target: None,
+    },
+    Row {
+        key: "cpu_caller_rpc",
+        workload: "4 RPC (all calls): CPU of the caller process",
+        metric: "µs/call",
+        target: None,
+    },
+    Row {
+        key: "cpu_resp_rpc",
+        workload: "4 RPC (all calls): CPU of the responder process",
+        metric: "µs/call",
+        target: None,
+    },
+    Row {
+        key: "cpu_all_fan",
+        workload: "5 fan-out: CPU of the one process",
+        metric: "µs/event",
+        target: None,
+    },
+    Row {
+        key: "cpu_pub_fan",
+        workload: "5 fan-out: CPU of the publisher process",
+        metric: "µs/event",
+        target: None,
+    },
+    Row {
+        key: "cpu_svc_fan",
+        workload: "5 fan-out: CPU of a service process (mean of 4)",
+        metric: "µs/delivery",
+        target: None,
+    },
+    Row {
         key: "rss_idle",
         workload: "6 memory, idle service",
         metric: "RSS MB",
@@ -118,8 +179,8 @@ pub(crate) const ROWS: &[Row] = &[
     },
 ];
 
-/// All samples: (row key, side) → one value per repetition.
-pub(crate) type Samples = BTreeMap<(&'static str, Side), Vec<f64>>;
+/// All samples: (row key, side, layout) → one value per repetition.
+pub(crate) type Samples = BTreeMap<(&'static str, Side, Layout), Vec<f64>>;
 
 fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
@@ -135,8 +196,8 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-fn cell(samples: &Samples, key: &'static str, side: Side) -> Option<(f64, String)> {
-    let v = samples.get(&(key, side))?;
+fn cell(samples: &Samples, key: &'static str, side: Side, layout: Layout) -> Option<(f64, String)> {
+    let v = samples.get(&(key, side, layout))?;
     let med = median(v);
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -171,18 +232,21 @@ fn verdict(target: Target, tchu: f64, raw: f64) -> String {
     }
 }
 
-/// The markdown table.
-pub(crate) fn table(samples: &Samples) -> String {
+/// The markdown table of one layout. Ratios are of the medians: tchu Celery / raw lapin,
+/// tchu Celery / raw lapin with Celery bytes (the framework's cost), raw lapin with Celery bytes
+/// / raw lapin (the format's cost), tchu native / raw lapin.
+pub(crate) fn table(samples: &Samples, layout: Layout) -> String {
     let mut out = String::new();
     out.push_str(
-        "| workload | metric | raw lapin | raw lapin, Celery bytes | tchu Celery | ratio | ratio to Celery bytes | tchu native | ratio | target (Celery / native) |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| workload | metric | raw lapin | raw lapin, Celery bytes | ratio Celery bytes / raw | tchu Celery | ratio | ratio to Celery bytes | tchu native | ratio | target (Celery / native) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
+    // Memory is measured once per run, under the run's primary layout.
     for row in ROWS {
-        let raw = cell(samples, row.key, Side::Raw);
-        let rawc = cell(samples, row.key, Side::RawCelery);
-        let cel = cell(samples, row.key, Side::Celery);
-        let nat = cell(samples, row.key, Side::Native);
+        let raw = cell(samples, row.key, Side::Raw, layout);
+        let rawc = cell(samples, row.key, Side::RawCelery, layout);
+        let cel = cell(samples, row.key, Side::Celery, layout);
+        let nat = cell(samples, row.key, Side::Native, layout);
         if raw.is_none() && rawc.is_none() && cel.is_none() && nat.is_none() {
             continue;
         }
@@ -206,11 +270,12 @@ pub(crate) fn table(samples: &Samples) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.workload,
             row.metric,
             show(&raw),
             show(&rawc),
+            ratio(&rawc),
             show(&cel),
             ratio(&cel),
             ratio_to(&cel, &rawc),
@@ -336,16 +401,17 @@ const VS_ROWS: &[VsRow] = &[
     },
 ];
 
-/// tchu (Celery format) against tchu-tchu: medians and how many times better tchu is.
-pub(crate) fn versus_table(samples: &Samples) -> String {
+/// tchu (Celery format, in `layout`) against tchu-tchu: medians and how many times better tchu
+/// is.
+pub(crate) fn versus_table(samples: &Samples, layout: Layout) -> String {
     let mut out = String::new();
     out.push_str(
         "| workload | metric | tchu Celery | tchu-tchu | tchu better by | target |\n\
          |---|---|---|---|---|---|\n",
     );
     for row in VS_ROWS {
-        let t = cell(samples, row.tchu, Side::Celery);
-        let p = cell(samples, row.tt, Side::TchuTchu);
+        let t = cell(samples, row.tchu, Side::Celery, layout);
+        let p = cell(samples, row.tt, Side::TchuTchu, layout);
         if p.is_none() {
             continue;
         }
@@ -395,12 +461,12 @@ fn panel(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     samples: &Samples,
     title: &str,
-    groups: &[(&'static str, &str)],
+    (groups, layout): (&[(&'static str, &str)], Layout),
     y_desc: &str,
     scale: f64,
     log: bool,
 ) -> Res<()> {
-    let value = |k: &'static str, s: Side| samples.get(&(k, s)).map(|v| median(v) * scale);
+    let value = |k: &'static str, s: Side| samples.get(&(k, s, layout)).map(|v| median(v) * scale);
     // Only the sides measured in this panel (bars and legend).
     let sides: Vec<Side> = SIDES
         .into_iter()
@@ -512,43 +578,79 @@ impl<V: Fn(&'static str, Side) -> Option<f64>> Bars<'_, V> {
     }
 }
 
-/// Writes the SVG: latency percentiles (log scale) and throughput, raw vs tchu.
-pub(crate) fn plot(samples: &Samples, path: &Path) -> Res<()> {
-    let root = SVGBackend::new(path, (1400, 520)).into_drawing_area();
+/// Writes the SVG: latency percentiles (log scale) and throughput, raw vs tchu, one row of
+/// panels per layout.
+pub(crate) fn plot(samples: &Samples, layouts: &[Layout], path: &Path) -> Res<()> {
+    const ROW: u32 = 520;
+    let rows = u32::try_from(layouts.len().max(1))?;
+    let root = SVGBackend::new(path, (1400, ROW * rows)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(640);
-    panel(
-        &left,
-        samples,
-        "Latency (median of runs), ms, log scale",
-        &[
-            ("paced_p50", "paced p50"),
-            ("paced_p95", "paced p95"),
-            ("paced_p99", "paced p99"),
-            ("rpc_p50", "RPC p50"),
-            ("rpc_p95", "RPC p95"),
-            ("rpc_p99", "RPC p99"),
-        ],
-        "ms",
-        1.0,
-        true,
-    )?;
-    panel(
-        &right,
-        samples,
-        "Throughput (median of runs), thousands per second",
-        &[
-            ("publish_seq", "pub 1 task"),
-            ("publish_conc", "pub 64 tasks"),
-            ("e2e", "end-to-end"),
-            ("fanout", "fan-out x4"),
-            ("rpc_seq", "RPC 1 caller"),
-            ("rpc_conc", "RPC 16 callers"),
-        ],
-        "k/s",
-        1e-3,
-        false,
-    )?;
+    let areas = root.split_evenly((layouts.len().max(1), 1));
+    for (area, &layout) in areas.iter().zip(layouts) {
+        let (left, right) = area.split_horizontally(640);
+        let tag = layout.label();
+        panel(
+            &left,
+            samples,
+            &format!("Latency, layout {tag} (median of runs), ms, log scale"),
+            (
+                &[
+                    ("paced_p50", "paced p50"),
+                    ("paced_p95", "paced p95"),
+                    ("paced_p99", "paced p99"),
+                    ("rpc_p50", "RPC p50"),
+                    ("rpc_p95", "RPC p95"),
+                    ("rpc_p99", "RPC p99"),
+                ],
+                layout,
+            ),
+            "ms",
+            1.0,
+            true,
+        )?;
+        panel(
+            &right,
+            samples,
+            &format!("Throughput, layout {tag} (median of runs), thousands per second"),
+            (
+                &[
+                    ("publish_seq", "pub 1 task"),
+                    ("publish_conc", "pub 64 tasks"),
+                    ("e2e", "end-to-end"),
+                    ("fanout", "fan-out x4"),
+                    ("rpc_seq", "RPC 1 caller"),
+                    ("rpc_conc", "RPC 16 callers"),
+                ],
+                layout,
+            ),
+            "k/s",
+            1e-3,
+            false,
+        )?;
+    }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_per_layout_with_the_ratio_columns() {
+        let mut s = Samples::new();
+        s.insert(("e2e", Side::Raw, Layout::Split), vec![100.0]);
+        s.insert(("e2e", Side::RawCelery, Layout::Split), vec![80.0]);
+        s.insert(("e2e", Side::Celery, Layout::Split), vec![72.0]);
+        s.insert(("e2e", Side::Raw, Layout::Same), vec![50.0]);
+        let split = table(&s, Layout::Split);
+        // raw-celery / raw, tchu Celery / raw, tchu Celery / raw-celery.
+        assert!(
+            split.contains("| 80.00 | 0.80 | 72.00 | 0.72 | 0.90 |"),
+            "{split}"
+        );
+        let same = table(&s, Layout::Same);
+        assert!(same.contains("| 50.00 | – |"), "{same}");
+        assert!(!same.contains("72.00"), "{same}");
+    }
 }

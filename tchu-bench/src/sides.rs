@@ -13,8 +13,8 @@ use crate::raw;
 pub(crate) enum Side {
     /// Hand-written lapin.
     Raw,
-    /// Hand-written lapin sending and reading tchu's Celery bytes (events only: publish, e2e,
-    /// paced, fan-out).
+    /// Hand-written lapin sending and reading tchu's Celery bytes (events, and RPC requests and
+    /// replies in the Celery result format).
     RawCelery,
     /// tchu, default (Celery) wire format.
     Celery,
@@ -55,11 +55,6 @@ impl Side {
         } else {
             raw::Body::Plain
         }
-    }
-
-    /// Whether this side runs `workload` (the Celery-bytes raw side has no RPC part).
-    pub(crate) fn runs(self, workload: &str) -> bool {
-        !(self == Side::RawCelery && workload == "rpc")
     }
 
     fn format(self) -> WireFormat {
@@ -211,9 +206,14 @@ impl Service {
     ) -> Res<Self> {
         let queue = names.queue(name);
         Ok(match side {
-            Side::RawCelery => return Err("raw-celery has no RPC side".into()),
-            Side::Raw => Service::Raw(
-                raw::responder(&broker_url(), (&names.exchange, &queue, pattern), PREFETCH).await?,
+            Side::Raw | Side::RawCelery => Service::Raw(
+                raw::responder(
+                    &broker_url(),
+                    (&names.exchange, &queue, pattern),
+                    PREFETCH,
+                    side.raw_body(),
+                )
+                .await?,
             ),
             Side::Celery | Side::Native | Side::TchuTchu => Service::Tchu(
                 tchu_service(
@@ -253,9 +253,8 @@ pub(crate) enum Caller {
 impl Caller {
     pub(crate) async fn connect(side: Side, exchange: &str) -> Res<Arc<Self>> {
         Ok(Arc::new(match side {
-            Side::RawCelery => return Err("raw-celery has no RPC side".into()),
-            Side::Raw => Caller::Raw(Box::new(
-                raw::Caller::connect(&broker_url(), exchange).await?,
+            Side::Raw | Side::RawCelery => Caller::Raw(Box::new(
+                raw::Caller::connect(&broker_url(), exchange, side.raw_body()).await?,
             )),
             Side::Celery | Side::Native | Side::TchuTchu => {
                 Caller::Tchu(tchu_client(side, exchange).await?)
