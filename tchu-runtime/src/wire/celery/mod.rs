@@ -80,10 +80,11 @@ use crate::wire::DecodeError;
 pub enum CeleryEncoding {
     /// The default: the `task` and `id` headers and the `content_type` property
     /// (`application/json`), which a Celery worker cannot do without (without `task` it
-    /// refuses the message as unknown; without `id` or `content_type` a 5.7 worker stops with
-    /// an unrecoverable error). None of the other 17 headers, no `content_encoding` (kombu
-    /// reads UTF-8 by default), no `priority` and no `correlation_id` on events (Celery's
-    /// `rpc://` backend replies with the task id then; a call still sets it).
+    /// refuses the message as unknown; without `id` or `content_type` a 5.7 worker logs an
+    /// unrecoverable error and handles nothing more). None of the other 17 headers, no
+    /// `content_encoding` (kombu reads UTF-8 by default), no `priority` and no
+    /// `correlation_id` on events (Celery's `rpc://` backend replies with the task id then; a
+    /// call still sets it).
     #[default]
     Lean,
     /// Byte for byte what `TchuClient` writes: the 19 headers `lang`, `task`, `id`, `root_id`,
