@@ -196,6 +196,11 @@ fn bad_settings_are_refused_at_start_with_the_value_and_what_is_accepted() {
             &["TCHU_FORMAT=`xml`", "`celery` or `native`"],
         ),
         (
+            "TCHU_CELERY_ENCODING",
+            "lite",
+            &["TCHU_CELERY_ENCODING=`lite`", "`lean`", "`full`"],
+        ),
+        (
             "TCHU_QUEUE_TYPE",
             "stream",
             &["TCHU_QUEUE_TYPE=`stream`", "`quorum`"],

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::{Names, WAIT, recv_n};
 use serde_json::{Value, json};
-use tchu::{App, CallError, Delivery, HandlerError, Meta, RpcError, Running, WireFormat};
+use tchu::{
+    App, CallError, CeleryEncoding, Delivery, HandlerError, Meta, RpcError, Running, WireFormat,
+};
 use tokio::sync::mpsc;
 
 /// Bound for a worker's ready file (it appears 0.2–0.7 s after spawning on 2 cores).
@@ -461,27 +463,90 @@ async fn python_clients_publish_to_and_call_rust() {
     );
 }
 
-/// A Rust client and a Rust service next to a real tchu-tchu worker: publish, fan-out, calls.
+/// A Rust client and a Rust service next to a real tchu-tchu worker: publish, fan-out, calls,
+/// with the default Celery encoding (`Lean`: the `task` and `id` headers only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Python venv (bash .ci/python-venv.sh); run with --include-ignored"]
 async fn rust_publishes_to_and_calls_a_python_worker() {
+    let names = Names::new("interop_rs2py");
+    let config = names.config();
+    assert_eq!(config.celery_encoding, CeleryEncoding::Lean, "the default");
+    rust_to_python(&names, config).await;
+}
+
+/// The same with `CeleryEncoding::Full` (`TCHU_CELERY_ENCODING=full`): every header
+/// `TchuClient` writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Python venv (bash .ci/python-venv.sh); run with --include-ignored"]
+async fn rust_publishes_to_and_calls_a_python_worker_full_encoding() {
+    let names = Names::new("interop_rs2py_full");
+    let mut config = names.config();
+    config.celery_encoding = CeleryEncoding::Full;
+    rust_to_python(&names, config).await;
+}
+
+/// The headers a Celery message of `encoding` carries (the Rust service checks what arrives).
+fn expected_celery_headers(encoding: CeleryEncoding) -> Vec<&'static str> {
+    let mut names = match encoding {
+        CeleryEncoding::Lean => vec!["id", "task"],
+        CeleryEncoding::Full => vec![
+            "argsrepr",
+            "eta",
+            "expires",
+            "group",
+            "group_index",
+            "id",
+            "ignore_result",
+            "kwargsrepr",
+            "lang",
+            "origin",
+            "parent_id",
+            "replaced_task_nesting",
+            "retries",
+            "root_id",
+            "shadow",
+            "stamped_headers",
+            "stamps",
+            "task",
+            "timelimit",
+        ],
+        other => panic!("no expectation for {other:?}"),
+    };
+    names.sort_unstable();
+    names
+}
+
+async fn rust_to_python(names: &Names, config: tchu::Config) {
     let bin = venv();
     let started = Instant::now();
-    let names = Names::new("interop_rs2py");
+    let test = names.prefix.clone();
+    let encoding = config.celery_encoding;
+    assert_eq!(config.format, WireFormat::Celery);
     // The Rust service first: it declares the exchange, then the worker binds to it.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Value)>();
-    let r = App::new(names.config())
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Value, Vec<String>)>();
+    let r = App::new(config)
         .service(names.service("rs"))
         .only_module("none")
         .subscribe("interop.*", "rs_interop", move |d: Arc<Delivery>| {
-            let _ = tx.send((d.meta.topic.clone(), d.event.clone()));
+            // The Celery headers that arrived (tchu's own and trace headers aside).
+            let headers = d
+                .meta
+                .headers
+                .keys()
+                .filter(|k| {
+                    !k.starts_with("x-")
+                        && !["traceparent", "tracestate", "tchu-schema"].contains(&k.as_str())
+                })
+                .cloned()
+                .collect();
+            let _ = tx.send((d.meta.topic.clone(), d.event.clone(), headers));
             async { Ok::<(), RpcError>(()) }
         })
         .start()
         .await
         .expect("start");
     let client = r.client().clone();
-    let py = PyWorker::start(&bin, &names).await;
+    let py = PyWorker::start(&bin, names).await;
     eprintln!("worker ready after {:?}", started.elapsed());
 
     // 2 + 3. One Rust publish reaches the Python and the Rust service at once.
@@ -490,10 +555,10 @@ async fn rust_publishes_to_and_calls_a_python_worker() {
         .publish("interop.created", &event)
         .await
         .expect("publish");
-    assert_eq!(
-        recv_n(&mut rx, 1).await,
-        vec![("interop.created".to_owned(), event.clone())]
-    );
+    let (topic, got, mut headers) = recv_n(&mut rx, 1).await.remove(0);
+    assert_eq!((topic.as_str(), &got), ("interop.created", &event));
+    headers.sort_unstable();
+    assert_eq!(headers, expected_celery_headers(encoding), "{encoding}");
     py.wait_event("on_interop_event", &event).await;
 
     // 5. Rust calls Python RPC handlers.
@@ -531,10 +596,7 @@ async fn rust_publishes_to_and_calls_a_python_worker() {
 
     drop(py);
     names.cleanup(&client, &["rs"], &[]).await;
-    eprintln!(
-        "rust_publishes_to_and_calls_a_python_worker: {:?}",
-        started.elapsed()
-    );
+    eprintln!("{test} ({encoding}): {:?}", started.elapsed());
 }
 
 /// A Rust service bound with `#` next to a tchu-tchu worker gets the worker's

@@ -346,6 +346,50 @@ mod tests {
         assert_eq!(password("amqp://u:p@h/"), Some("p"));
     }
 
+    /// `tchu tail` shows a lean Celery message (the default) as it shows a full one (the line
+    /// and the event `tailed` prints), and `tchu dlq show` lists the two headers it came with.
+    #[test]
+    fn lean_celery_messages_show_as_full_ones_do() {
+        use tchu_runtime::wire::{self, CeleryEncoding, Limits};
+        let message = |encoding| {
+            wire::encode_with(
+                WireFormat::Celery,
+                encoding,
+                "user.created",
+                br#"{"id":1}"#,
+                "id-1",
+                false,
+            )
+        };
+        let tail = |encoding| {
+            let d = wire::decode(&message(encoding), Limits::NONE).expect("decodes");
+            (decoded_line(&d.topic, &d), pretty(&d.event))
+        };
+        let (line, event) = tail(CeleryEncoding::Lean);
+        assert_eq!(
+            (&line, &event),
+            (&tail(CeleryEncoding::Full).0, &tail(CeleryEncoding::Full).1)
+        );
+        assert_eq!(line, "# user.created  (celery, event, id id-1)");
+        assert_eq!(event, pretty(&json!({"id": 1})));
+
+        let shown = dead_letter(&DeadLetter::from_message(message(CeleryEncoding::Lean)));
+        assert!(
+            shown.contains("content type:   application/json"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(r#""task": "tchu_tchu.dispatch_event""#),
+            "{shown}"
+        );
+        assert!(shown.contains(r#""id": "id-1""#), "{shown}");
+        assert!(!shown.contains("argsrepr"), "{shown}");
+        assert!(
+            shown.contains("# user.created  (celery, event, id id-1)"),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn table_aligns() {
         let header = dead_letter_header();

@@ -212,7 +212,14 @@ impl Client {
     ) -> Result<MessageId, PublishError> {
         require_object(topic, json)?;
         let id = MessageId::new();
-        let mut msg = wire::encode(self.inner.config.format, topic, json, id.as_str(), false);
+        let mut msg = wire::encode_with(
+            self.inner.config.format,
+            self.inner.config.celery_encoding,
+            topic,
+            json,
+            id.as_str(),
+            false,
+        );
         wire::stamp_schema(&mut msg, schema);
         msg.properties.persistent = true;
         let span = tracing::info_span!(
@@ -352,7 +359,14 @@ impl Client {
                 topic: topic.to_owned(),
                 source,
             })?;
-        let mut msg = wire::encode(self.inner.config.format, topic, json, id.as_str(), true);
+        let mut msg = wire::encode_with(
+            self.inner.config.format,
+            self.inner.config.celery_encoding,
+            topic,
+            json,
+            id.as_str(),
+            true,
+        );
         wire::stamp_schema(&mut msg, schema);
         propagate(span, &mut msg);
         msg.properties.persistent = false;

@@ -11,7 +11,7 @@ use crate::queue_type::QueueType;
 use crate::retry::RetryPolicy;
 use crate::tls::TlsConfig;
 use crate::url::BrokerUrl;
-use crate::wire::WireFormat;
+use crate::wire::{CeleryEncoding, WireFormat};
 
 /// The longest service name: the queue names derived from it (`<service>.retry.<ms>ms`,
 /// `<service>.tchu.bindings`) must fit AMQP's 255-byte limit.
@@ -42,6 +42,11 @@ pub struct Config {
     /// Format for outgoing events and requests (`TCHU_FORMAT`, default: Celery, for mixed
     /// fleets).
     pub format: WireFormat,
+    /// Which headers and properties Celery messages carry (`TCHU_CELERY_ENCODING`, `lean` or
+    /// `full`, default [`CeleryEncoding::Lean`]): only what a Celery worker reads, or byte for
+    /// byte what `TchuClient` writes. Only used with [`WireFormat::Celery`]; see
+    /// `docs/interop.md`.
+    pub celery_encoding: CeleryEncoding,
     /// Default RPC timeout (`TCHU_CALL_TIMEOUT`, default [`DEFAULT_CALL_TIMEOUT`]).
     pub call_timeout: Duration,
     /// How long a publish may wait for a confirm, including reconnection
@@ -87,6 +92,7 @@ impl Config {
             max_body: DEFAULT_MAX_BODY,
             max_headers: DEFAULT_MAX_HEADERS,
             format: WireFormat::Celery,
+            celery_encoding: CeleryEncoding::Lean,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -112,7 +118,8 @@ impl Config {
     /// full URLs, one per cluster node), else `TCHU_BROKER_URL` (then `AMQP_URL`, default
     /// [`DEFAULT_BROKER_URL`]; it may list several hosts, see [`BrokerUrl::parse`]),
     /// `TCHU_EXCHANGE`, `TCHU_SERVICE` (default: the executable's file name), `TCHU_PREFETCH`,
-    /// `TCHU_CONCURRENCY`, `TCHU_FORMAT` (`celery` or `native`), `TCHU_QUEUE_TYPE` (`classic`
+    /// `TCHU_CONCURRENCY`, `TCHU_FORMAT` (`celery` or `native`), `TCHU_CELERY_ENCODING`
+    /// (`lean` or `full`), `TCHU_QUEUE_TYPE` (`classic`
     /// or `quorum`), `TCHU_METRICS_ADDR`, `TCHU_MAX_BODY` (bytes), `TCHU_MAX_HEADERS`,
     /// `TCHU_CALL_TIMEOUT`, `TCHU_PUBLISH_TIMEOUT`, `TCHU_CONNECT_TIMEOUT`,
     /// `TCHU_HANDLER_TIMEOUT` and `TCHU_SHUTDOWN_GRACE` (durations: `30`, `2.5s`, `500ms`,
@@ -166,6 +173,12 @@ impl Config {
             "native" => Some(WireFormat::Native),
             _ => None,
         })?;
+        set(
+            &mut c.celery_encoding,
+            "TCHU_CELERY_ENCODING",
+            CELERY_ENCODING,
+            parse_celery_encoding,
+        )?;
         set(&mut c.queue_type, "TCHU_QUEUE_TYPE", QUEUE_TYPE, |s| {
             s.parse().ok()
         })?;
@@ -271,6 +284,8 @@ const COUNT: &str = "a whole number";
 const BOOL: &str = "`true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)";
 const SOCKET_ADDR: &str = "an address and port such as `127.0.0.1:9464`, or empty for none";
 const FORMAT: &str = "`celery` or `native`";
+const CELERY_ENCODING: &str = "`lean` (only the headers a Celery worker reads) or `full` (every \
+                               header tchu-tchu's `TchuClient` writes)";
 const QUEUE_TYPE: &str = "`classic` or `quorum`";
 const DURATION: &str = "a duration above zero: seconds (`30`, `2.5`) or with a unit (`500ms`, \
                         `10s`, `5m`, `1h`)";
@@ -336,7 +351,6 @@ fn set<T>(
     Ok(())
 }
 
-/// `30`, `2.5` (seconds), `500ms`, `10s`, `1m`, `1h`; above zero.
 /// Reads `TCHU_SCHEMA_STRICT`.
 fn parse_strict(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
@@ -346,6 +360,16 @@ fn parse_strict(v: &str) -> Option<bool> {
     }
 }
 
+/// Reads `TCHU_CELERY_ENCODING`: `lean` or `full`, any case.
+fn parse_celery_encoding(s: &str) -> Option<CeleryEncoding> {
+    match s.to_ascii_lowercase().as_str() {
+        "lean" => Some(CeleryEncoding::Lean),
+        "full" => Some(CeleryEncoding::Full),
+        _ => None,
+    }
+}
+
+/// `30`, `2.5` (seconds), `500ms`, `10s`, `1m`, `1h`; above zero.
 fn parse_duration(s: &str) -> Option<Duration> {
     parse_duration_or_zero(s).filter(|d| !d.is_zero())
 }
@@ -390,6 +414,25 @@ mod tests {
         assert_eq!(DEFAULT_HANDLER_TIMEOUT, Duration::from_secs(300));
         for bad in ["", "soon", "-1", "1d", "NaN"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn celery_encodings_parse() {
+        assert_eq!(Config::memory().celery_encoding, CeleryEncoding::Lean);
+        assert_eq!(CeleryEncoding::default(), CeleryEncoding::Lean);
+        for (text, want) in [
+            ("lean", CeleryEncoding::Lean),
+            ("full", CeleryEncoding::Full),
+            ("FULL", CeleryEncoding::Full),
+        ] {
+            assert_eq!(parse_celery_encoding(text), Some(want), "{text}");
+        }
+        for e in [CeleryEncoding::Lean, CeleryEncoding::Full] {
+            assert_eq!(parse_celery_encoding(&e.to_string()), Some(e));
+        }
+        for bad in ["", "lite", "ful", "celery", "native"] {
+            assert_eq!(parse_celery_encoding(bad), None, "{bad}");
         }
     }
 

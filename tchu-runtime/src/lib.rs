@@ -72,6 +72,7 @@ pub use tail::TailedEvent;
 pub use tls::{ClientCert, TlsConfig};
 pub use topic::{Pattern, Topic, TopicError};
 pub use url::{BrokerUrl, redact};
+pub use wire::CeleryEncoding;
 
 /// The `schemars` crate, for `#[derive(tchu::JsonSchema)]` on types nested in events (add
 /// `#[schemars(crate = "tchu::schemars")]`).

@@ -87,6 +87,9 @@ mod tests {
         let mut native = Config::memory();
         native.format = crate::wire::WireFormat::Native;
         let native = Client::connect_memory(native, &broker).await.unwrap();
+        let mut full = Config::memory();
+        full.celery_encoding = crate::wire::CeleryEncoding::Full;
+        let full = Client::connect_memory(full, &broker).await.unwrap();
 
         let pattern = Pattern::new("user.*").unwrap();
         let tail = client.tail(&pattern).await.unwrap();
@@ -103,6 +106,9 @@ mod tests {
             .publish("user.deleted", &serde_json::json!({ "id": 3 }))
             .await
             .unwrap();
+        full.publish("user.renamed", &serde_json::json!({ "id": 4 }))
+            .await
+            .unwrap();
 
         let a = tail.next().await.unwrap().unwrap();
         assert_eq!(a.routing_key, "user.created");
@@ -115,6 +121,21 @@ mod tests {
         assert_eq!(
             (d.topic.as_str(), d.format),
             ("user.deleted", crate::wire::WireFormat::Native)
+        );
+        // Lean (the default, `a`) and full Celery messages read alike.
+        let h = &a.message.properties.headers;
+        assert!(h.contains_key("task") && h.contains_key("id"), "{h:?}");
+        assert!(!h.contains_key("argsrepr"), "{h:?}");
+        let c = tail.next().await.unwrap().unwrap();
+        assert!(c.message.properties.headers.contains_key("argsrepr"));
+        let d = c.decoded.unwrap();
+        assert_eq!(
+            (d.topic.as_str(), d.format, &d.event),
+            (
+                "user.renamed",
+                crate::wire::WireFormat::Celery,
+                &serde_json::json!({ "id": 4 })
+            )
         );
         drop(tail);
         // The queue was auto-deleted with its consumer: nothing routes `user.x` any more.

@@ -32,7 +32,7 @@ pub use tchu_runtime::headers;
 pub use tchu_runtime::telemetry;
 pub use tchu_runtime::testing;
 pub use tchu_runtime::trace;
-pub use tchu_runtime::wire::WireFormat;
+pub use tchu_runtime::wire::{CeleryEncoding, WireFormat};
 
 /// The transactional outbox on PostgreSQL (feature `postgres`; see "Outbox and inbox").
 #[cfg(feature = "postgres")]
@@ -60,7 +60,9 @@ pub use tchu_runtime::sqlx;
 
 /// Wire formats: decoding any received message (as `tchu tail` shows them).
 pub mod wire {
-    pub use tchu_runtime::wire::{DecodeError, Decoded, Kind, Limits, WireFormat, decode};
+    pub use tchu_runtime::wire::{
+        CeleryEncoding, DecodeError, Decoded, Kind, Limits, WireFormat, decode,
+    };
 }
 
 /// Settings defaults and helpers.

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use tchu::{App, Client, Config, MemoryBroker, RpcError, Running, State, WireFormat};
+use tchu::{
+    App, CeleryEncoding, Client, Config, MemoryBroker, RpcError, Running, State, WireFormat,
+};
 use tokio::sync::Notify;
 
 #[global_allocator]
@@ -107,20 +109,29 @@ fn order(seq: u64) -> OrderPlaced {
 
 const WARM_UP: u64 = 64;
 
+/// The wire format a case sends in: a [`WireFormat`] and, for Celery, its [`CeleryEncoding`]
+/// (the default `Lean` unless the case name says `full`).
+#[derive(Debug, Clone, Copy)]
+struct Format(WireFormat, CeleryEncoding);
+
+const CELERY: Format = Format(WireFormat::Celery, CeleryEncoding::Lean);
+const CELERY_FULL: Format = Format(WireFormat::Celery, CeleryEncoding::Full);
+const NATIVE: Format = Format(WireFormat::Native, CeleryEncoding::Lean);
+
 /// What a case measures.
 #[derive(Debug, Clone, Copy)]
 enum Case {
-    /// `serde_json::to_vec` of a typed event and `wire::encode` to a `Message` in memory.
-    Encode(WireFormat),
+    /// `serde_json::to_vec` of a typed event and `wire::encode_with` to a `Message` in memory.
+    Encode(Format),
     /// `Client::publish_event` on the in-memory broker, nothing bound: the client's whole
     /// publish path without the AMQP conversion.
-    Publish(WireFormat),
+    Publish(Format),
     /// Publish and consume: `Client::publish_event`, then the service's consumer, decode,
     /// dispatch to one handler, its outcome and the ack. Minus `Publish`, this is the
     /// consuming side.
-    Consume(WireFormat, Handler),
+    Consume(Format, Handler),
     /// One `Client::call_event` round trip: caller, responder and reply, both sides.
-    Rpc(WireFormat),
+    Rpc(Format),
 }
 
 /// The kind of handler a consume case runs.
@@ -132,36 +143,31 @@ enum Handler {
     Value,
 }
 
-const CASES: [(&str, Case); 10] = [
-    ("encode-celery", Case::Encode(WireFormat::Celery)),
-    ("encode-native", Case::Encode(WireFormat::Native)),
-    ("publish-celery", Case::Publish(WireFormat::Celery)),
-    ("publish-native", Case::Publish(WireFormat::Native)),
+const CASES: [(&str, Case); 12] = [
+    ("encode-celery", Case::Encode(CELERY)),
+    ("encode-celery-full", Case::Encode(CELERY_FULL)),
+    ("encode-native", Case::Encode(NATIVE)),
+    ("publish-celery", Case::Publish(CELERY)),
+    ("publish-native", Case::Publish(NATIVE)),
+    ("e2e-celery-typed", Case::Consume(CELERY, Handler::Typed)),
+    ("e2e-celery-value", Case::Consume(CELERY, Handler::Value)),
+    // Typed handler, like e2e-celery-typed (the name fits permsg.sh's column).
     (
-        "e2e-celery-typed",
-        Case::Consume(WireFormat::Celery, Handler::Typed),
+        "e2e-celery-full",
+        Case::Consume(CELERY_FULL, Handler::Typed),
     ),
-    (
-        "e2e-celery-value",
-        Case::Consume(WireFormat::Celery, Handler::Value),
-    ),
-    (
-        "e2e-native-typed",
-        Case::Consume(WireFormat::Native, Handler::Typed),
-    ),
-    (
-        "e2e-native-value",
-        Case::Consume(WireFormat::Native, Handler::Value),
-    ),
-    ("rpc-celery", Case::Rpc(WireFormat::Celery)),
-    ("rpc-native", Case::Rpc(WireFormat::Native)),
+    ("e2e-native-typed", Case::Consume(NATIVE, Handler::Typed)),
+    ("e2e-native-value", Case::Consume(NATIVE, Handler::Value)),
+    ("rpc-celery", Case::Rpc(CELERY)),
+    ("rpc-native", Case::Rpc(NATIVE)),
 ];
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn config(format: WireFormat) -> Config {
+fn config(Format(format, celery): Format) -> Config {
     let mut c = Config::memory();
     c.format = format;
+    c.celery_encoding = celery;
     c.exchange = "permsg".to_owned();
     c.call_timeout = Duration::from_secs(30);
     c
@@ -192,11 +198,7 @@ impl Seen {
     }
 }
 
-async fn service(
-    broker: &MemoryBroker,
-    format: WireFormat,
-    h: Handler,
-) -> Res<(Running, Arc<Seen>)> {
+async fn service(broker: &MemoryBroker, format: Format, h: Handler) -> Res<(Running, Arc<Seen>)> {
     let seen = Arc::new(Seen::default());
     let module = match h {
         Handler::Typed => concat!(module_path!(), "::typed"),
@@ -215,12 +217,13 @@ async fn service(
 async fn run(case: Case, n: u64) -> Res<stats_alloc::Stats> {
     let broker = MemoryBroker::new();
     match case {
-        Case::Encode(format) => {
+        Case::Encode(Format(format, celery)) => {
             let ev = order(1);
             let one = |i: u64| {
                 let json = serde_json::to_vec(&ev).unwrap_or_default();
-                let msg = tchu_runtime::wire::encode(
+                let msg = tchu_runtime::wire::encode_with(
                     format,
+                    celery,
                     <OrderPlaced as tchu::Event>::TOPIC,
                     &json,
                     "7b1a2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",

@@ -621,9 +621,10 @@ impl Relay {
     }
 
     async fn publish_row(&self, row: &Row) -> Result<(), crate::error::PublishError> {
-        let format = self.client.config().format;
-        let mut msg = crate::wire::encode(
-            format,
+        let config = self.client.config();
+        let mut msg = crate::wire::encode_with(
+            config.format,
+            config.celery_encoding,
             &row.topic,
             row.payload.as_bytes(),
             &row.message_id,

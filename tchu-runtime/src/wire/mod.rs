@@ -2,11 +2,14 @@
 //! into the same [`Decoded`] value, so what a handler sees does not depend on the format.
 //!
 //! - [`celery`]: Celery task messages as Python tchu-tchu sends and accepts them (the default
-//!   for sending, so a mixed fleet works with no setting).
+//!   for sending, so a mixed fleet works with no setting), written [`CeleryEncoding::Lean`]
+//!   by default or [`CeleryEncoding::Full`].
 //! - [`json`]: tchu's native format: the event JSON as the body, metadata in headers.
 
 pub mod celery;
 pub mod json;
+
+pub use celery::CeleryEncoding;
 
 use crate::error::RpcError;
 use crate::message::Message;
@@ -198,9 +201,8 @@ pub fn new_message_id() -> String {
         .to_string()
 }
 
-/// Encodes an event or request for publishing in `format`. `event_json` is the serialized
-/// event (a JSON object for typed events). Properties other than the format's own (persistence,
-/// expiration, reply address) are set by the caller.
+/// Encodes an event or request for publishing in `format`, Celery messages in the default
+/// [`CeleryEncoding::Lean`]: `encode_with(format, CeleryEncoding::Lean, ..)`.
 pub fn encode(
     format: WireFormat,
     topic: &str,
@@ -208,8 +210,30 @@ pub fn encode(
     message_id: &str,
     is_rpc: bool,
 ) -> Message {
+    encode_with(
+        format,
+        CeleryEncoding::Lean,
+        topic,
+        event_json,
+        message_id,
+        is_rpc,
+    )
+}
+
+/// Encodes an event or request for publishing in `format`; a Celery message with the headers
+/// and properties of `celery` (the native format ignores it). `event_json` is the serialized
+/// event (a JSON object for typed events). Properties other than the format's own (persistence,
+/// expiration, reply address) are set by the caller.
+pub fn encode_with(
+    format: WireFormat,
+    celery: CeleryEncoding,
+    topic: &str,
+    event_json: &[u8],
+    message_id: &str,
+    is_rpc: bool,
+) -> Message {
     match format {
-        WireFormat::Celery => celery::encode(topic, event_json, message_id, is_rpc),
+        WireFormat::Celery => celery::encode_with(celery, topic, event_json, message_id, is_rpc),
         WireFormat::Native => json::encode(topic, event_json, message_id, is_rpc),
     }
 }

@@ -1,11 +1,12 @@
-//! Writing Celery task messages as `TchuClient.publish` / `TchuClient.call` do.
+//! Writing Celery task messages as `TchuClient.publish` / `TchuClient.call` do, in either
+//! [`CeleryEncoding`].
 
 use std::sync::OnceLock;
 
 use serde::Serialize;
 
 use super::pyrepr::{py_json, py_repr_str, truncate_repr};
-use super::{CONTENT_ENCODING, CONTENT_TYPE, DISPATCH_TASK};
+use super::{CONTENT_ENCODING, CONTENT_TYPE, CeleryEncoding, DISPATCH_TASK};
 use crate::message::{HeaderValue, Headers, Message, Properties};
 
 #[derive(Serialize)]
@@ -105,28 +106,65 @@ fn constant_headers() -> &'static Headers {
     })
 }
 
+/// Encodes an event or request as a Celery v2 `tchu_tchu.dispatch_event` task in the default
+/// encoding, [`CeleryEncoding::Lean`]: `encode_with(CeleryEncoding::Lean, ..)`.
+pub fn encode(topic: &str, event_json: &[u8], message_id: &str, is_rpc: bool) -> Message {
+    encode_with(CeleryEncoding::Lean, topic, event_json, message_id, is_rpc)
+}
+
 /// Encodes an event or request as a Celery v2 `tchu_tchu.dispatch_event` task, the way
-/// `TchuClient.publish` (`is_rpc` false) and `TchuClient.call` (`is_rpc` true) do.
+/// `TchuClient.publish` (`is_rpc` false) and `TchuClient.call` (`is_rpc` true) do, with the
+/// headers and properties `encoding` says (see [`CeleryEncoding`]). The body is the same in
+/// both encodings.
 ///
 /// `event_json` should be a serialized JSON object; `_tchu_meta` is spliced into it (see the
-/// module docs). The task id is `message_id`: it is the `id` and `root_id` headers and the
-/// correlation id. The caller sets persistence, `reply_to` and expiration.
-pub fn encode(topic: &str, event_json: &[u8], message_id: &str, is_rpc: bool) -> Message {
+/// module docs). The task id is `message_id`: it is the `id` header (and in
+/// [`CeleryEncoding::Full`] also `root_id` and the correlation id). The caller sets
+/// persistence, `reply_to` and expiration (and, for a call, the correlation id).
+pub fn encode_with(
+    encoding: CeleryEncoding,
+    topic: &str,
+    event_json: &[u8],
+    message_id: &str,
+    is_rpc: bool,
+) -> Message {
     let event = event_string(event_json, is_rpc);
-
-    let mut argsrepr = String::with_capacity(event.len() + 4);
-    argsrepr.push('[');
-    py_repr_str(&event, &mut argsrepr);
-    argsrepr.push(']');
-    let mut kwargsrepr = String::from("{'routing_key': ");
-    py_repr_str(topic, &mut kwargsrepr);
-    kwargsrepr.push('}');
-
     let body = py_json(&(
         [event.as_str()],
         DispatchKwargs { routing_key: topic },
         NO_EMBED,
     ));
+    match encoding {
+        CeleryEncoding::Lean => lean(topic, message_id, body),
+        CeleryEncoding::Full => full(topic, &event, message_id, body),
+    }
+}
+
+/// [`CeleryEncoding::Lean`]: what a Celery worker needs and no more.
+fn lean(topic: &str, message_id: &str, body: Vec<u8>) -> Message {
+    let mut headers = Headers::new();
+    headers.insert("task".to_owned(), HeaderValue::from(DISPATCH_TASK));
+    headers.insert("id".to_owned(), HeaderValue::from(message_id));
+    Message {
+        routing_key: topic.to_owned(),
+        properties: Properties {
+            content_type: Some(CONTENT_TYPE.to_owned()),
+            headers,
+            ..Properties::default()
+        },
+        body,
+    }
+}
+
+/// [`CeleryEncoding::Full`]: every header and property `TchuClient` writes.
+fn full(topic: &str, event: &str, message_id: &str, body: Vec<u8>) -> Message {
+    let mut argsrepr = String::with_capacity(event.len() + 4);
+    argsrepr.push('[');
+    py_repr_str(event, &mut argsrepr);
+    argsrepr.push(']');
+    let mut kwargsrepr = String::from("{'routing_key': ");
+    py_repr_str(topic, &mut kwargsrepr);
+    kwargsrepr.push('}');
 
     let mut headers = constant_headers().clone();
     headers.insert("id".to_owned(), HeaderValue::from(message_id));

@@ -26,9 +26,12 @@
 //! decode to [`Kind::CeleryInternal`](crate::wire::Kind::CeleryInternal). Any other task name is refused.
 //!
 //! # Sending
-//! [`encode()`] writes what `TchuClient.publish`/`call` write: the same headers with the same AMQP
-//! types, the same body layout, and JSON with Python's `", "` / `": "` separators. What differs
-//! from a Python sender (none of it matters to a Celery worker):
+//! [`encode_with`] writes the body `TchuClient.publish`/`call` write (the same layout, JSON with
+//! Python's `", "` / `": "` separators) with the headers and properties of a
+//! [`CeleryEncoding`]: by default ([`encode()`]) [`Lean`](CeleryEncoding::Lean), only what a
+//! Celery worker reads (`task`, `id`, `content_type`); with [`Full`](CeleryEncoding::Full), the
+//! same 19 headers with the same AMQP types and the same properties as `TchuClient`. What
+//! differs from a Python sender in `Full` (none of it matters to a Celery worker):
 //! - `origin` is `tchu-rs<pid>@<host>` instead of `gen<pid>@<host>`.
 //! - `argsrepr` / `kwargsrepr` are an approximation of Python's `repr`, cut at
 //!   [`REPR_MAX_CHARS`] characters.
@@ -47,7 +50,7 @@
 //!
 //! # Files
 //! - `decode.rs`: recognising and decoding task messages ([`is_celery`], [`decode()`]).
-//! - `encode.rs`: writing task messages ([`encode()`]).
+//! - `encode.rs`: writing task messages ([`encode()`], [`encode_with`]).
 //! - `reply.rs`: result replies ([`encode_reply`], [`decode_reply`], [`is_interim_reply`]).
 //! - `pyrepr.rs`: Python's text forms: `json.dumps` separators and `repr` of a `str`.
 
@@ -59,11 +62,55 @@ mod reply;
 mod tests;
 
 pub use decode::{decode, is_celery};
-pub use encode::encode;
+pub use encode::{encode, encode_with};
 pub(crate) use reply::decode_final_reply;
 pub use reply::{decode_reply, encode_reply, is_interim_reply};
 
 use crate::wire::DecodeError;
+
+/// Which headers and properties tchu writes on a Celery task message (`TCHU_CELERY_ENCODING`,
+/// [`Config::celery_encoding`](crate::Config::celery_encoding)). The body is the same in both.
+///
+/// A real tchu-tchu 3.0.4 worker on Celery 5.7 receives events, answers calls and reports
+/// results exactly the same with either (`tests/python/header_probe.py` drops each header and
+/// property in turn against one; `tests/interop.rs` runs both encodings). What `Lean` leaves
+/// out only shows in Celery's monitoring: see `docs/interop.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CeleryEncoding {
+    /// The default: the `task` and `id` headers and the `content_type` property
+    /// (`application/json`), which a Celery worker cannot do without (without `task` it
+    /// refuses the message as unknown; without `id` or `content_type` a 5.7 worker logs an
+    /// unrecoverable error and handles nothing more). None of the other 17 headers, no
+    /// `content_encoding` (kombu reads UTF-8 by default), no `priority` and no
+    /// `correlation_id` on events (Celery's `rpc://` backend replies with the task id then; a
+    /// call still sets it).
+    #[default]
+    Lean,
+    /// Byte for byte what `TchuClient` writes: the 19 headers `lang`, `task`, `id`, `root_id`,
+    /// `shadow`, `eta`, `expires`, `group`, `group_index`, `retries`, `timelimit`,
+    /// `parent_id`, `origin`, `ignore_result`, `replaced_task_nesting`, `stamped_headers`,
+    /// `stamps`, `argsrepr` and `kwargsrepr` (Python `repr`s of the arguments, which are most
+    /// of the cost of encoding), and the properties `content_type`, `content_encoding`,
+    /// `priority` 0 and `correlation_id` = the task id.
+    Full,
+}
+
+impl CeleryEncoding {
+    /// The name used by `TCHU_CELERY_ENCODING`: `lean` or `full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CeleryEncoding::Lean => "lean",
+            CeleryEncoding::Full => "full",
+        }
+    }
+}
+
+impl std::fmt::Display for CeleryEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The Celery task every tchu-tchu event is sent as.
 pub const DISPATCH_TASK: &str = "tchu_tchu.dispatch_event";

@@ -362,7 +362,7 @@ fn encode_matches_the_publish_fixture() {
     let event =
         br#"{"user_id": 42, "email": "ada@example.com", "name": "Ada", "marker": "2befbdfd"}"#;
     let id = "d94a9b90-4b76-4980-8e89-e5d84f23e685";
-    let msg = encode("user.created", event, id, false);
+    let msg = encode_with(CeleryEncoding::Full, "user.created", event, id, false);
     assert_eq!(
         std::str::from_utf8(&msg.body).unwrap(),
         f["body_utf8"].as_str().unwrap()
@@ -394,24 +394,149 @@ fn encode_matches_the_publish_fixture() {
 #[test]
 fn encoded_compact_event_has_the_fixture_structure() {
     let f = raw("rpc_request");
-    let msg = encode(
+    for encoding in [CeleryEncoding::Lean, CeleryEncoding::Full] {
+        let msg = encode_with(
+            encoding,
+            "rpc.users.validate",
+            br#"{"email":"ada@example.com"}"#,
+            "x",
+            true,
+        );
+        let body: Value = serde_json::from_slice(&msg.body).unwrap();
+        let want = &f["body_decoded"];
+        assert_eq!(body.as_array().unwrap().len(), 3);
+        let arg0 = body[0][0].as_str().unwrap();
+        assert_eq!(body[0].as_array().unwrap().len(), 1);
+        assert_eq!(
+            serde_json::from_str::<Value>(arg0).unwrap(),
+            f["event_json_in_args0_decoded"]
+        );
+        assert!(arg0.ends_with(r#", "_tchu_meta": {"is_rpc": true}}"#));
+        assert_eq!(body[1], want[1]);
+        assert_eq!(body[2], want[2]);
+    }
+}
+
+/// `Full` on a request: the `rpc_request` fixture's header names and types, its properties
+/// but `reply_to` (the caller's), and its body byte for byte.
+#[test]
+fn full_encode_matches_the_rpc_request_fixture() {
+    let f = raw("rpc_request");
+    let id = "a28aa027-85cf-4f3e-8c53-6a0b43165508";
+    let msg = encode_with(
+        CeleryEncoding::Full,
         "rpc.users.validate",
-        br#"{"email":"ada@example.com"}"#,
-        "x",
+        br#"{"email": "ada@example.com"}"#,
+        id,
         true,
     );
-    let body: Value = serde_json::from_slice(&msg.body).unwrap();
-    let want = &f["body_decoded"];
-    assert_eq!(body.as_array().unwrap().len(), 3);
-    let arg0 = body[0][0].as_str().unwrap();
-    assert_eq!(body[0].as_array().unwrap().len(), 1);
     assert_eq!(
-        serde_json::from_str::<Value>(arg0).unwrap(),
-        f["event_json_in_args0_decoded"]
+        std::str::from_utf8(&msg.body).unwrap(),
+        f["body_utf8"].as_str().unwrap()
     );
-    assert!(arg0.ends_with(r#", "_tchu_meta": {"is_rpc": true}}"#));
-    assert_eq!(body[1], want[1]);
-    assert_eq!(body[2], want[2]);
+    let h = &msg.properties.headers;
+    let types: Map<String, Value> = h.iter().map(|(k, v)| (k.clone(), header_type(v))).collect();
+    assert_eq!(Value::Object(types), f["header_types"]);
+    for (name, value) in f["headers"].as_object().unwrap() {
+        if name != "origin" {
+            let want = header_value(value, &f["header_types"][name]);
+            assert_eq!(h[name], want, "header {name} as in the fixture");
+        }
+    }
+    let p = &msg.properties;
+    let fp = &f["properties"];
+    assert_eq!(p.content_type.as_deref(), fp["content_type"].as_str());
+    assert_eq!(
+        p.content_encoding.as_deref(),
+        fp["content_encoding"].as_str()
+    );
+    assert_eq!(p.priority.map(u64::from), fp["priority"].as_u64());
+    assert_eq!(p.correlation_id.as_deref(), fp["correlation_id"].as_str());
+}
+
+/// What `Lean` writes, exactly: two headers, one property, and `Full`'s body.
+#[test]
+fn lean_encode_writes_task_id_and_content_type_only() {
+    for (event, is_rpc) in [
+        (
+            &br#"{"user_id": 42, "email": "ada@example.com"}"#[..],
+            false,
+        ),
+        (&br#"{"email":"ada@example.com"}"#[..], true),
+        (&b"{}"[..], false),
+    ] {
+        let id = "d94a9b90-4b76-4980-8e89-e5d84f23e685";
+        let lean = encode_with(CeleryEncoding::Lean, "user.created", event, id, is_rpc);
+        let full = encode_with(CeleryEncoding::Full, "user.created", event, id, is_rpc);
+        let mut headers = crate::message::Headers::new();
+        headers.insert("task".to_owned(), HeaderValue::from(DISPATCH_TASK));
+        headers.insert("id".to_owned(), HeaderValue::from(id));
+        assert_eq!(
+            lean,
+            Message {
+                routing_key: "user.created".to_owned(),
+                properties: Properties {
+                    content_type: Some("application/json".to_owned()),
+                    headers,
+                    ..Properties::default()
+                },
+                body: full.body.clone(),
+            }
+        );
+        // The default is Lean, in this module and in `wire`.
+        assert_eq!(encode("user.created", event, id, is_rpc), lean);
+        assert_eq!(
+            crate::wire::encode(WireFormat::Celery, "user.created", event, id, is_rpc),
+            lean
+        );
+        assert_eq!(
+            crate::wire::encode_with(
+                WireFormat::Celery,
+                CeleryEncoding::Full,
+                "user.created",
+                event,
+                id,
+                is_rpc
+            ),
+            full
+        );
+        // tchu reads it as it reads Full.
+        let limits = crate::wire::Limits::DEFAULT;
+        assert_eq!(
+            crate::wire::decode(&lean, limits),
+            crate::wire::decode(&full, limits)
+        );
+        assert!(is_celery(&lean));
+    }
+    // The body is the publish fixture's, byte for byte.
+    let f = raw("publish");
+    let event =
+        br#"{"user_id": 42, "email": "ada@example.com", "name": "Ada", "marker": "2befbdfd"}"#;
+    let msg = encode_with(
+        CeleryEncoding::Lean,
+        "user.created",
+        event,
+        "d94a9b90-4b76-4980-8e89-e5d84f23e685",
+        false,
+    );
+    assert_eq!(
+        std::str::from_utf8(&msg.body).unwrap(),
+        f["body_utf8"].as_str().unwrap()
+    );
+    // The native format has no Celery encoding.
+    assert_eq!(
+        crate::wire::encode_with(
+            WireFormat::Native,
+            CeleryEncoding::Full,
+            "a.b",
+            b"{}",
+            "i",
+            false
+        ),
+        crate::wire::encode(WireFormat::Native, "a.b", b"{}", "i", false)
+    );
+    assert_eq!(CeleryEncoding::Lean.to_string(), "lean");
+    assert_eq!(CeleryEncoding::Full.as_str(), "full");
 }
 
 #[test]
@@ -438,27 +563,30 @@ fn splice_handles_edge_cases() {
 
 #[test]
 fn round_trips_events_and_requests() {
-    for (event, is_rpc) in [
-        (json!({"a": 1, "b": "é ' \" \\ \n"}), false),
-        (json!({"nested": {"x": [1, 2.5, null]}}), true),
-        (json!({}), false),
-        (json!({}), true),
-    ] {
-        let bytes = serde_json::to_vec(&event).unwrap();
-        let msg = encode("order.created", &bytes, "m-1", is_rpc);
-        let d = crate::wire::decode(&msg, crate::wire::Limits::new(1 << 20, usize::MAX)).unwrap();
-        assert_eq!(d.topic, "order.created");
-        assert_eq!(d.event, event);
-        assert_eq!(d.kind, if is_rpc { Kind::Rpc } else { Kind::Event });
-        assert_eq!(d.message_id.as_deref(), Some("m-1"));
-        assert_eq!(d.format, WireFormat::Celery);
+    for encoding in [CeleryEncoding::Lean, CeleryEncoding::Full] {
+        for (event, is_rpc) in [
+            (json!({"a": 1, "b": "é ' \" \\ \n"}), false),
+            (json!({"nested": {"x": [1, 2.5, null]}}), true),
+            (json!({}), false),
+            (json!({}), true),
+        ] {
+            let bytes = serde_json::to_vec(&event).unwrap();
+            let msg = encode_with(encoding, "order.created", &bytes, "m-1", is_rpc);
+            let limits = crate::wire::Limits::new(1 << 20, usize::MAX);
+            let d = crate::wire::decode(&msg, limits).unwrap();
+            assert_eq!(d.topic, "order.created");
+            assert_eq!(d.event, event);
+            assert_eq!(d.kind, if is_rpc { Kind::Rpc } else { Kind::Event });
+            assert_eq!(d.message_id.as_deref(), Some("m-1"));
+            assert_eq!(d.format, WireFormat::Celery);
+        }
     }
 }
 
 #[test]
 fn reprs_are_cut() {
     let big = format!(r#"{{"s": "{}"}}"#, "x".repeat(5000));
-    let msg = encode("a.b", big.as_bytes(), "i", false);
+    let msg = encode_with(CeleryEncoding::Full, "a.b", big.as_bytes(), "i", false);
     let repr = msg.properties.headers["argsrepr"].as_str().unwrap();
     assert_eq!(repr.chars().count(), REPR_MAX_CHARS + 3);
     assert!(repr.ends_with("..."));
@@ -775,8 +903,10 @@ fn fast_and_general_decode_agree() {
         .filter(|(name, _)| !name.contains("reply"))
         .map(|(name, _)| load(name))
         .collect();
-    msgs.push(encode("a.b", br#"{"x": 1}"#, "id-1", false));
-    msgs.push(encode("a.b", br#"{}"#, "id-2", true));
+    for encoding in [CeleryEncoding::Lean, CeleryEncoding::Full] {
+        msgs.push(encode_with(encoding, "a.b", br#"{"x": 1}"#, "id-1", false));
+        msgs.push(encode_with(encoding, "a.b", br#"{}"#, "id-2", true));
+    }
     let bodies: [&[u8]; 9] = [
         br#"[["{\"x\": 1}"], {"routing_key": "k.x"}, {}]"#,
         br#"[["{\"x\": 1}"], {"routing_key": null}, {}]"#,
