@@ -31,7 +31,8 @@ const ACK_BATCH: u32 = 64;
 pub(crate) enum Body {
     /// The event JSON as the body, content type JSON, no headers.
     Plain,
-    /// A Celery `tchu_tchu.dispatch_event` task, byte-identical to tchu's (19 headers).
+    /// A Celery `tchu_tchu.dispatch_event` task, byte-identical to what tchu sends by default
+    /// (`wire::celery::encode`: the lean encoding, `task` and `id` headers).
     Celery,
 }
 
