@@ -329,7 +329,7 @@ async fn python_clients_publish_to_and_call_rust() {
             async { Ok::<_, RpcError>(json!({"not": "a reply"})) }
         })
         .subscribe("pyrs.barrier", "barrier", move |d: Arc<Delivery>| {
-            let _ = barrier_tx.send(d.event["n"].as_u64().unwrap_or_default());
+            let _ = barrier_tx.send(d.event()["n"].as_u64().unwrap_or_default());
             async { Ok::<(), RpcError>(()) }
         })
         .subscribe(
@@ -474,7 +474,7 @@ async fn rust_publishes_to_and_calls_a_python_worker() {
         .service(names.service("rs"))
         .only_module("none")
         .subscribe("interop.*", "rs_interop", move |d: Arc<Delivery>| {
-            let _ = tx.send((d.meta.topic.clone(), d.event.clone()));
+            let _ = tx.send((d.meta.topic.clone(), d.event().clone()));
             async { Ok::<(), RpcError>(()) }
         })
         .start()
