@@ -181,7 +181,7 @@ fn published_at(timestamp: Option<u64>) -> Option<SystemTime> {
     timestamp.and_then(|t| UNIX_EPOCH.checked_add(Duration::from_secs(t)))
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {
