@@ -410,6 +410,7 @@ impl App {
                 state.insert(self.contexts);
             }
             let dispatcher = Arc::new(Dispatcher {
+                handler_labels: crate::dispatch::handler_labels(&registry),
                 registry: Arc::new(registry),
                 client: client.clone(),
                 queue: service.clone(),

@@ -134,6 +134,17 @@ pub(crate) struct Dispatcher {
     pub(crate) stats: Arc<Stats>,
     /// Where a delivery no local handler matches goes (ops: topology.rs, rolling deploys).
     pub(crate) topology: crate::topology::Topology,
+    /// Each registry entry's id as a metric label, by entry index (made once, shared by runs).
+    pub(crate) handler_labels: Vec<metrics::SharedString>,
+}
+
+/// The metric labels of `registry`'s handlers, by entry index ([`Dispatcher::handler_labels`]).
+pub(crate) fn handler_labels(registry: &Registry) -> Vec<metrics::SharedString> {
+    registry
+        .entries()
+        .iter()
+        .map(|e| telemetry::handler_label(&e.id))
+        .collect()
 }
 
 /// The dispatcher's verdict on a delivery no local handler matches (not an RPC request):
@@ -658,11 +669,15 @@ impl Dispatcher {
         };
         let outcomes = match self.check_context(&delivery) {
             ContextCheck::Passed => {
-                join_all(
-                    entries
-                        .iter()
-                        .map(|e| self.run_handler(e, &delivery, &ctx, history.attempt)),
-                )
+                join_all(entries.iter().zip(&idx).map(|(e, &i)| {
+                    self.run_handler(
+                        e,
+                        self.handler_labels.get(i),
+                        &delivery,
+                        &ctx,
+                        history.attempt,
+                    )
+                }))
                 .await
             }
             ContextCheck::Rejected(reason) => {
@@ -966,6 +981,7 @@ impl Dispatcher {
     async fn run_handler(
         &self,
         e: &HandlerEntry,
+        label: Option<&metrics::SharedString>,
         delivery: &Arc<Delivery>,
         ctx: &TraceContext,
         attempt: u32,
@@ -1004,7 +1020,14 @@ impl Dispatcher {
             Err(_) => Err(Failure::TimedOut(limit)),
         };
         span.record("outcome", if outcome.is_ok() { "ok" } else { "failed" });
-        telemetry::handled(&e.id, outcome.is_ok(), started.elapsed());
+        match label {
+            Some(label) => telemetry::handled(label, outcome.is_ok(), started.elapsed()),
+            None => telemetry::handled(
+                &telemetry::handler_label(&e.id),
+                outcome.is_ok(),
+                started.elapsed(),
+            ),
+        }
         outcome
     }
 }

@@ -74,7 +74,9 @@ impl Payload {
     pub(crate) fn value(&self) -> &Value {
         self.value.get_or_init(|| match &self.raw {
             // Validated by `decode`: these parses do not fail.
-            Raw::Native(b) => serde_json::from_slice(b).unwrap_or_default(),
+            Raw::Native(b) => text(b)
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or_default(),
             Raw::Celery(s) => serde_json::from_str::<WithoutMeta>(s)
                 .map(|o| Value::Object(o.0))
                 .unwrap_or_default(),
@@ -91,7 +93,7 @@ impl Payload {
     pub(crate) fn deserialize<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         if self.value.get().is_none() {
             let direct = match &self.raw {
-                Raw::Native(b) => serde_json::from_slice::<T>(b).ok(),
+                Raw::Native(b) => text(b).and_then(|t| serde_json::from_str::<T>(t).ok()),
                 Raw::Celery(s) => {
                     let mut de = serde_json::Deserializer::from_str(s);
                     T::deserialize(SkipMeta(&mut de))
@@ -106,6 +108,12 @@ impl Payload {
         }
         T::deserialize(self.value())
     }
+}
+
+/// The body as text. It was checked to be UTF-8 before (`wire::check`), and reading JSON from a
+/// `&str` does not check every string again, as reading it from bytes does.
+fn text(body: &[u8]) -> Option<&str> {
+    std::str::from_utf8(body).ok()
 }
 
 /// A received message decoded for the dispatcher: [`Decoded`] with a raw event.
@@ -188,7 +196,7 @@ fn native(msg: &Message) -> Option<Incoming> {
         Some("event") | None => Kind::Event,
         Some(_) => return None,
     };
-    serde_json::from_slice::<ObjectProbe>(&msg.body).ok()?;
+    serde_json::from_str::<ObjectProbe>(text(&msg.body)?).ok()?;
     Some(Incoming {
         topic: msg.routing_key.clone(),
         event: Event::Body,
@@ -209,7 +217,7 @@ fn celery_dispatch(msg: &Message) -> Option<Incoming> {
         Some(HeaderValue::Null) | None => msg.properties.correlation_id.clone(),
         Some(_) => return None,
     };
-    let FastBody((event,), kwargs, EmbedObject) = serde_json::from_slice(&msg.body).ok()?;
+    let FastBody((event,), kwargs, EmbedObject) = serde_json::from_str(text(&msg.body)?).ok()?;
     let topic = match kwargs.routing_key {
         Some(k) if !k.is_empty() => k.into_owned(),
         _ if !msg.routing_key.is_empty() => msg.routing_key.clone(),
