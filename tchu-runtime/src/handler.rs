@@ -47,9 +47,37 @@ impl Meta {
     }
 }
 
+/// Hashes a `TypeId` by passing its bits through: they are a hash already (the standard
+/// library feeds a `TypeId`'s hash one `u64` of it), so SipHash over them on every `State<T>`
+/// lookup is wasted work. Any other input is folded in byte by byte.
+#[derive(Default)]
+struct TypeIdHasher(u64);
+
+impl std::hash::Hasher for TypeIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(8) ^ n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Shared resources registered on the app builder, looked up by type.
 #[derive(Default, Clone)]
-pub(crate) struct StateMap(HashMap<std::any::TypeId, Arc<dyn Any + Send + Sync>>);
+pub(crate) struct StateMap(
+    HashMap<
+        std::any::TypeId,
+        Arc<dyn Any + Send + Sync>,
+        std::hash::BuildHasherDefault<TypeIdHasher>,
+    >,
+);
 
 impl fmt::Debug for StateMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -426,6 +454,18 @@ impl FromDelivery for crate::client::Client {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn state_is_found_by_type_with_the_pass_through_hasher() {
+        let mut s = StateMap::default();
+        s.insert(7u32);
+        s.insert("text");
+        s.insert(Arc::new(1.5f64));
+        assert_eq!(s.get::<u32>().as_deref(), Some(&7));
+        assert_eq!(s.get::<&str>().as_deref(), Some(&"text"));
+        assert_eq!(s.get::<Arc<f64>>().map(|a| **a), Some(1.5));
+        assert!(s.get::<u64>().is_none());
+    }
 
     #[test]
     fn a_timed_out_run_is_retried() {
