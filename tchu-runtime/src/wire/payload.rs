@@ -689,6 +689,10 @@ mod tests {
         );
         for m in [&celery_msg, &native_msg] {
             let p = lean(m);
+            // A `Value` argument is read from the raw JSON too (first: no tree yet), with
+            // `_tchu_meta` hidden.
+            let value: Value = p.deserialize().unwrap();
+            assert!(p.value.get().is_none());
             let flat: Flat = p.deserialize().unwrap();
             let wrapped = p.deserialize::<Wrapped>();
             let tagged: Tagged = p.deserialize().unwrap();
@@ -698,6 +702,8 @@ mod tests {
                 "no tree for typed reads"
             );
             let tree = Payload::parsed(p.value().clone());
+            assert_eq!(&value, tree.value());
+            assert!(value.get(META_KEY).is_none());
             assert_eq!(flat, tree.deserialize::<Flat>().unwrap());
             assert!(!flat.rest.contains_key(META_KEY));
             assert_eq!(tagged, Tagged::A { x: 7 });
