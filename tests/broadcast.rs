@@ -123,7 +123,7 @@ async fn instances_of_one_service_share_its_queue() {
             .only_module("none")
             .prefetch(5)
             .subscribe("job.*", "worker", move |d: Arc<Delivery>| {
-                let n = d.event["n"].as_u64().unwrap_or(u64::MAX);
+                let n = d.event()["n"].as_u64().unwrap_or(u64::MAX);
                 let _ = tx.send((instance, n));
                 async { Ok::<(), std::convert::Infallible>(()) }
             });
@@ -255,7 +255,7 @@ async fn graceful_shutdown_loses_nothing() {
                 let tx = tx.clone();
                 async move {
                     tokio::time::sleep(Duration::from_millis(20)).await; // simulated work
-                    let _ = tx.send(d.event["n"].as_u64().unwrap_or(u64::MAX));
+                    let _ = tx.send(d.event()["n"].as_u64().unwrap_or(u64::MAX));
                     Ok::<(), std::convert::Infallible>(())
                 }
             })

@@ -210,7 +210,7 @@ fn counting_instance(
         .subscribe("scale.event", "count", move |d: Arc<Delivery>| {
             // `u64::MAX` for a payload without `n`: never a published number, so it shows as a
             // stranger in the drain's check.
-            let _ = tx.send(d.event["n"].as_u64().unwrap_or(u64::MAX));
+            let _ = tx.send(d.event()["n"].as_u64().unwrap_or(u64::MAX));
             async move {
                 if !work.is_zero() {
                     tokio::time::sleep(work).await;
@@ -527,11 +527,11 @@ async fn failover_scenario() {
         .only_module("none")
         .prefetch(500)
         .subscribe("cl.event", "count", move |d: Arc<Delivery>| {
-            let _ = tx.send((d.event["n"].as_u64().unwrap_or(u64::MAX), Instant::now()));
+            let _ = tx.send((d.event()["n"].as_u64().unwrap_or(u64::MAX), Instant::now()));
             async { Ok::<(), Infallible>(()) }
         })
         .subscribe("cl.echo", "echo", |d: Arc<Delivery>| async move {
-            Ok::<_, Infallible>(d.event.clone())
+            Ok::<_, Infallible>(d.event().clone())
         })
         .start()
         .await
@@ -696,7 +696,7 @@ async fn leader_stop_while_reconnecting() {
             .only_module("none")
             .prefetch(200)
             .subscribe("ld.event", "count", move |d: Arc<Delivery>| {
-                let _ = tx.send(d.event["n"].as_u64().unwrap_or(u64::MAX));
+                let _ = tx.send(d.event()["n"].as_u64().unwrap_or(u64::MAX));
                 async { Ok::<(), Infallible>(()) }
             })
     };

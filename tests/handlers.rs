@@ -207,7 +207,7 @@ async fn a_run_longer_than_the_service_timeout_is_stopped_and_dead_lettered() {
         .handler_timeout(Duration::from_millis(200))
         .retry(tchu::RetryPolicy::NONE)
         .subscribe("job.slow", "slow", move |d: Arc<Delivery>| {
-            let n = d.event["n"].as_u64().unwrap_or_default();
+            let n = d.event()["n"].as_u64().unwrap_or_default();
             let tx = tx.clone();
             async move {
                 if n == 0 {

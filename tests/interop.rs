@@ -331,7 +331,7 @@ async fn python_clients_publish_to_and_call_rust() {
             async { Ok::<_, RpcError>(json!({"not": "a reply"})) }
         })
         .subscribe("pyrs.barrier", "barrier", move |d: Arc<Delivery>| {
-            let _ = barrier_tx.send(d.event["n"].as_u64().unwrap_or_default());
+            let _ = barrier_tx.send(d.event()["n"].as_u64().unwrap_or_default());
             async { Ok::<(), RpcError>(()) }
         })
         .subscribe(
@@ -539,7 +539,7 @@ async fn rust_to_python(names: &Names, config: tchu::Config) {
                 })
                 .cloned()
                 .collect();
-            let _ = tx.send((d.meta.topic.clone(), d.event.clone(), headers));
+            let _ = tx.send((d.meta.topic.clone(), d.event().clone(), headers));
             async { Ok::<(), RpcError>(()) }
         })
         .start()

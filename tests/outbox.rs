@@ -332,7 +332,7 @@ async fn inbox_runs_a_handler_once_per_message_and_commits_with_it() {
                 async move {
                     let mut tx = Tx::from_delivery(&d).map_err(|e| e.reason)?;
                     let s: Step =
-                        serde_json::from_value(d.event.clone()).map_err(|e| e.to_string())?;
+                        serde_json::from_value(d.event().clone()).map_err(|e| e.to_string())?;
                     r.fetch_add(1, Ordering::Relaxed);
                     sqlx::query("INSERT INTO handled (key, n, message_id) VALUES ($1, $2, $3)")
                         .bind(&s.key)
@@ -605,7 +605,8 @@ async fn kill_9_at_every_step() {
             "kill_test.write",
             |d: Arc<Delivery>| async move {
                 let mut tx = Tx::from_delivery(&d).map_err(|e| e.reason)?;
-                let s: Step = serde_json::from_value(d.event.clone()).map_err(|e| e.to_string())?;
+                let s: Step =
+                    serde_json::from_value(d.event().clone()).map_err(|e| e.to_string())?;
                 sqlx::query("INSERT INTO handled (key, n, message_id) VALUES ($1, $2, $3)")
                     .bind(&s.key)
                     .bind(s.n)

@@ -443,13 +443,13 @@ async fn panicking_handler_is_dead_lettered_and_the_service_keeps_serving() {
         .only_module("none")
         .retry(RetryPolicy::NONE)
         .subscribe("p.event", "panicky", move |d: Arc<Delivery>| {
-            let n = d.event["n"].as_u64().unwrap_or(u64::MAX);
+            let n = d.event()["n"].as_u64().unwrap_or(u64::MAX);
             // A panic while making the future (before any await) ...
-            assert!(d.event["sync_panic"] != true, "sync kaboom {n}");
+            assert!(d.event()["sync_panic"] != true, "sync kaboom {n}");
             let tx = tx.clone();
             async move {
                 // ... and one inside it.
-                if d.event["panic"] == true {
+                if d.event()["panic"] == true {
                     panic!("kaboom {n}");
                 }
                 let _ = tx.send(n);
@@ -859,7 +859,7 @@ fn load_service(names: &Names, tx: mpsc::UnboundedSender<u64>) -> App {
         .only_module("none")
         .prefetch(500)
         .subscribe("load.event", "load", move |d: Arc<Delivery>| {
-            let _ = tx.send(d.event["n"].as_u64().unwrap_or(u64::MAX));
+            let _ = tx.send(d.event()["n"].as_u64().unwrap_or(u64::MAX));
             async { Ok::<(), Infallible>(()) }
         })
 }
@@ -1150,7 +1150,7 @@ async fn rpc_reply_arrives_after_the_callers_connection_is_cut() {
         .service(names.service("responder"))
         .only_module("none")
         .subscribe("rpccut.echo", "echo", |d: Arc<Delivery>| async move {
-            Ok::<_, Infallible>(d.event.clone())
+            Ok::<_, Infallible>(d.event().clone())
         })
         .start()
         .await

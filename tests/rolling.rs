@@ -50,7 +50,7 @@ fn rolling_child() {
                 &format!("myshop::{t}"),
                 move |d: Arc<Delivery>| async move {
                     let n = d
-                        .event
+                        .event()
                         .get("n")
                         .and_then(serde_json::Value::as_u64)
                         .unwrap_or(u64::MAX);

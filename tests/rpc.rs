@@ -13,7 +13,7 @@ fn responder(names: &Names) -> App {
         .service(names.service("responder"))
         .only_module("none")
         .subscribe("rpc.echo", "echo", |d: Arc<Delivery>| async move {
-            Ok::<_, RpcError>(serde_json::json!({ "echo": d.event.clone() }))
+            Ok::<_, RpcError>(serde_json::json!({ "echo": d.event().clone() }))
         })
         .subscribe("rpc.business", "business", |_d: Arc<Delivery>| async {
             Err::<(), _>(
@@ -349,7 +349,7 @@ async fn a_failing_observer_neither_answers_nor_loses_its_records() {
         .service(names.service("orders"))
         .only_module("none")
         .subscribe("rpc.orders.quote", "quote", |d: Arc<Delivery>| async move {
-            Ok::<_, RpcError>(serde_json::json!({ "n": d.event["n"], "price": 42 }))
+            Ok::<_, RpcError>(serde_json::json!({ "n": d.event()["n"], "price": 42 }))
         })
         .start()
         .await

@@ -172,7 +172,7 @@ async fn a_panicking_context_helper_fails_that_delivery_only() {
         })
         .require_context::<WithUser, User>()
         .subscribe("job.with_user", "with_user", move |d: Arc<Delivery>| {
-            let _ = tx.send((d.event["id"].as_u64().unwrap_or(u64::MAX), d.meta.attempt));
+            let _ = tx.send((d.event()["id"].as_u64().unwrap_or(u64::MAX), d.meta.attempt));
             async { Ok::<(), HandlerError>(()) }
         })
         .start()
@@ -239,7 +239,7 @@ async fn a_deleted_retry_queue_under_load_is_declared_again() {
         .subscribe("job.once", "once", move |d: Arc<Delivery>| {
             let attempt = d.meta.attempt;
             if attempt > 1 {
-                let _ = tx.send((d.event["id"].as_u64().unwrap_or(u64::MAX), attempt));
+                let _ = tx.send((d.event()["id"].as_u64().unwrap_or(u64::MAX), attempt));
             }
             async move {
                 if attempt == 1 {

@@ -338,7 +338,7 @@ async fn publish_and_handle(names: &Names, tls: TlsConfig) {
         .subscribe("tls.ping", "ping", move |d: Arc<Delivery>| {
             let tx = tx.clone();
             async move {
-                let _ = tx.send(d.event.clone());
+                let _ = tx.send(d.event().clone());
                 Ok::<(), std::convert::Infallible>(())
             }
         })

@@ -187,7 +187,7 @@ impl Service {
                     move |d: Arc<Delivery>| {
                         let c = Arc::clone(&counter);
                         async move {
-                            c.hit(&d.event);
+                            c.hit(d.event());
                             Ok::<(), Infallible>(())
                         }
                     },
@@ -222,7 +222,7 @@ impl Service {
                     queue,
                     (pattern, "echo"),
                     |d: Arc<Delivery>| async move {
-                        Ok::<_, RpcError>(serde_json::json!({ "echo": d.event.clone() }))
+                        Ok::<_, RpcError>(serde_json::json!({ "echo": d.event().clone() }))
                     },
                 )
                 .await?,

@@ -166,7 +166,7 @@ async fn call_prints_the_reply_or_the_error_kind() {
     let responder: Running = App::new(names.config())
         .only_module("none")
         .subscribe("cli.rpc.echo", "echo", |d: Arc<Delivery>| async move {
-            Ok::<_, RpcError>(serde_json::json!({ "echo": d.event.clone() }))
+            Ok::<_, RpcError>(serde_json::json!({ "echo": d.event().clone() }))
         })
         .subscribe("cli.rpc.missing", "missing", |_d: Arc<Delivery>| async {
             Err::<(), _>(RpcError::new("NOT_FOUND", "no such user"))

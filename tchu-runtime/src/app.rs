@@ -410,6 +410,7 @@ impl App {
                 state.insert(self.contexts);
             }
             let dispatcher = Arc::new(Dispatcher {
+                handler_labels: crate::dispatch::handler_labels(&registry),
                 registry: Arc::new(registry),
                 client: client.clone(),
                 queue: service.clone(),
@@ -640,6 +641,26 @@ impl Running {
     }
 }
 
+/// Polls `work` once with the calling task's context: `Ok(true)` when it finished, `Ok(false)`
+/// when it waits (its wakers are registered again by its next poll, in whichever task), the
+/// panic's text when it panicked (it must not be polled again).
+async fn poll_once(
+    work: std::pin::Pin<&mut (dyn Future<Output = ()> + Send)>,
+) -> Result<bool, String> {
+    let mut work = Some(work);
+    std::future::poll_fn(move |cx| {
+        let Some(w) = work.take() else {
+            return std::task::Poll::Ready(Ok(false));
+        };
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.poll(cx)));
+        std::task::Poll::Ready(match polled {
+            Ok(p) => Ok(p.is_ready()),
+            Err(p) => Err(crate::dispatch::panic_text(p.as_ref())),
+        })
+    })
+    .await
+}
+
 /// What the consume loop needs to consume again after losing the connection.
 struct Resubscribe {
     topology: Topology,
@@ -695,6 +716,13 @@ async fn consume_loop(
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut inflight = JoinSet::new();
+    // Deliveries are polled once in this task before any is spawned when that cannot take
+    // parallelism away: on a current-thread runtime, or when one delivery runs at a time.
+    // On a multi-thread runtime with more, each goes to its own task at once, so that
+    // handlers that compute without waiting still run on several workers.
+    let inline = concurrency == 1
+        || tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread;
     let broker = dispatcher.client.broker().clone();
     let batched = true; // both brokers acknowledge with `multiple`
     let (mut settler, mut settler_task) = Settler::start(batched);
@@ -750,11 +778,31 @@ async fn consume_loop(
                 // Boxed: the delivery's future is ~5.5 KB, and tokio moves a spawned future
                 // several times (measured by tchu-bench's permsg: +116k instructions of
                 // memcpy per delivery unboxed).
-                let work = Box::pin(dispatcher.accept(d, &mut settler));
-                inflight.spawn(async move {
-                    work.await;
+                let mut work = Box::pin(dispatcher.accept(d, &mut settler));
+                let waits = if inline {
+                    match poll_once(work.as_mut()).await {
+                        // Done on its first poll (a handler that did not wait): no task.
+                        Ok(done) => !done,
+                        // A panic outside the handlers' own boundary (a bug in tchu), as a
+                        // task's would be: logged, and the guard requeues as `work` drops.
+                        Err(text) => {
+                            tracing::error!(panic = %text, "a delivery task panicked; its delivery was requeued");
+                            false
+                        }
+                    }
+                } else {
+                    true
+                };
+                if waits {
+                    // It goes on in its own task.
+                    inflight.spawn(async move {
+                        work.await;
+                        drop(permit);
+                    });
+                } else {
+                    drop(work);
                     drop(permit);
-                });
+                }
             }
             Some(Err(e)) => {
                 // lapin may resume the consumer after recovering; if not, it ends next.
@@ -807,4 +855,44 @@ async fn consume_loop(
     let _ = tokio::time::timeout(Duration::from_secs(5), consumer.close()).await;
     // A graceful stop says so: the other versions see this one gone at once (bounded).
     resubscribe.topology.leave(&broker).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The consume loop's first poll: done, waiting (and then finished by a task), or a panic
+    /// reported with its text and the future dropped, not polled again.
+    #[tokio::test]
+    async fn poll_once_tells_done_waiting_and_panicked() {
+        let mut ready = Box::pin(async {});
+        assert_eq!(poll_once(ready.as_mut()).await, Ok(true));
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        let mut waiting = Box::pin(async move {
+            let _ = rx.await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(poll_once(waiting.as_mut()).await, Ok(false));
+        // Polled once here, it goes on in a task of its own and is woken there.
+        let task = tokio::spawn(waiting);
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the moved future is woken in its task")
+            .expect("no panic");
+        assert!(done.load(Ordering::Relaxed));
+
+        let mut panics = Box::pin(async {
+            if std::hint::black_box(true) {
+                panic!("a bug in tchu");
+            }
+        });
+        assert_eq!(
+            poll_once(panics.as_mut()).await,
+            Err("a bug in tchu".to_owned())
+        );
+    }
 }

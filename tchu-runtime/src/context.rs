@@ -177,7 +177,7 @@ impl ContextHelpers {
                 "no context helper for this context type: set one with `App::context_helper`",
             )
         })?;
-        helper(&d.event, &d.meta).map_err(|e| {
+        helper(d.event(), &d.meta).map_err(|e| {
             let mut reason = format!("unauthorized: {}", e.reason);
             let mut cause = std::error::Error::source(&e);
             while let Some(c) = cause {

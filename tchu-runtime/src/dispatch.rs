@@ -134,6 +134,17 @@ pub(crate) struct Dispatcher {
     pub(crate) stats: Arc<Stats>,
     /// Where a delivery no local handler matches goes (ops: topology.rs, rolling deploys).
     pub(crate) topology: crate::topology::Topology,
+    /// Each registry entry's id as a metric label, by entry index (made once, shared by runs).
+    pub(crate) handler_labels: Vec<metrics::SharedString>,
+}
+
+/// The metric labels of `registry`'s handlers, by entry index ([`Dispatcher::handler_labels`]).
+pub(crate) fn handler_labels(registry: &Registry) -> Vec<metrics::SharedString> {
+    registry
+        .entries()
+        .iter()
+        .map(|e| telemetry::handler_label(&e.id))
+        .collect()
 }
 
 /// The dispatcher's verdict on a delivery no local handler matches (not an RPC request):
@@ -181,7 +192,7 @@ fn published_at(timestamp: Option<u64>) -> Option<SystemTime> {
     timestamp.and_then(|t| UNIX_EPOCH.checked_add(Duration::from_secs(t)))
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {
@@ -473,6 +484,9 @@ struct Received<'a> {
     message: &'a Message,
     /// The delivery's headers, for the copies sent on failure.
     headers: &'a Headers,
+    /// The delivery's body, for the same copies (a native body moved into the handlers'
+    /// payload).
+    body: &'a [u8],
     history: &'a History,
     ctx: &'a TraceContext,
     reply: ReplyTarget<'a>,
@@ -538,7 +552,7 @@ impl Dispatcher {
         }
         telemetry::received(&message.routing_key);
 
-        let mut decoded = match wire::decode(&message, self.limits) {
+        let decoded = match wire::payload::decode(&message, self.limits) {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(routing_key = %message.routing_key, reason = %e, "undecodable message");
@@ -548,6 +562,7 @@ impl Dispatcher {
                 let received = Received {
                     message: &message,
                     headers: &message.properties.headers,
+                    body: &message.body,
                     history: &history,
                     ctx: &ctx,
                     reply: ReplyTarget {
@@ -586,6 +601,7 @@ impl Dispatcher {
             let received = Received {
                 message: &message,
                 headers: &message.properties.headers,
+                body: &message.body,
                 history: &history,
                 ctx: &ctx,
                 reply: ReplyTarget {
@@ -614,27 +630,18 @@ impl Dispatcher {
         // The headers move (not cloned) into an `Arc` the handlers' `Meta` shares; the copies
         // sent on failure are made from there.
         let headers = Arc::new(std::mem::take(&mut message.properties.headers));
-        let received = Received {
-            message: &message,
-            headers: &headers,
-            history: &history,
-            ctx: &ctx,
-            reply: ReplyTarget {
-                format: decoded.format,
-                topic: &decoded.topic,
-                reply_to: message.properties.reply_to.as_deref(),
-                correlation_id: correlation_id.as_deref(),
-            },
-        };
         let entries: Vec<&HandlerEntry> =
             idx.iter().map(|&i| &self.registry.entries()[i]).collect();
 
         let delivery = Arc::new(Delivery {
-            // Moved, not cloned: only the topic and format of `decoded` are used below.
-            event: std::mem::take(&mut decoded.event),
+            // Raw until a handler asks (wire/payload.rs); a native body moves into it, and the
+            // copies sent on failure are made from there.
+            event: decoded
+                .event
+                .into_payload(|| std::mem::take(&mut message.body)),
             meta: Meta {
-                message_id: decoded.message_id.clone(),
-                topic: decoded.topic.clone(),
+                message_id: decoded.message_id,
+                topic: decoded.topic,
                 headers: Arc::clone(&headers),
                 redelivered,
                 attempt: history.attempt,
@@ -646,18 +653,36 @@ impl Dispatcher {
             state: Arc::clone(&self.state),
             client: Some(self.client.clone()),
         });
+        let topic = delivery.meta.topic.as_str();
+        let received = Received {
+            message: &message,
+            headers: &headers,
+            body: delivery.event.native_body().unwrap_or(&message.body),
+            history: &history,
+            ctx: &ctx,
+            reply: ReplyTarget {
+                format: decoded.format,
+                topic,
+                reply_to: message.properties.reply_to.as_deref(),
+                correlation_id: correlation_id.as_deref(),
+            },
+        };
         let outcomes = match self.check_context(&delivery) {
             ContextCheck::Passed => {
-                join_all(
-                    entries
-                        .iter()
-                        .map(|e| self.run_handler(e, &delivery, &ctx, history.attempt)),
-                )
+                join_all(entries.iter().zip(&idx).map(|(e, &i)| {
+                    self.run_handler(
+                        e,
+                        self.handler_labels.get(i),
+                        &delivery,
+                        &ctx,
+                        history.attempt,
+                    )
+                }))
                 .await
             }
             ContextCheck::Rejected(reason) => {
-                tracing::debug!(topic = %decoded.topic, reason = %reason, "required context missing");
-                let answer = is_rpc && entries.iter().any(|e| is_responder(e, &decoded.topic));
+                tracing::debug!(topic = %topic, reason = %reason, "required context missing");
+                let answer = is_rpc && entries.iter().any(|e| is_responder(e, topic));
                 return self
                     .carry_out(&received, decide_unauthorized(&reason, answer))
                     .await;
@@ -683,13 +708,13 @@ impl Dispatcher {
                         if matches!(f, Failure::TimedOut(_)) {
                             bump(&self.stats.timed_out);
                         }
-                        tracing::warn!(handler = %e.id, topic = %decoded.topic, attempt = history.attempt, error = %f, "handler failed");
+                        tracing::warn!(handler = %e.id, topic = %topic, attempt = history.attempt, error = %f, "handler failed");
                     }
                 }
                 Run {
                     id: &e.id,
                     name: &e.name,
-                    responder: is_rpc && is_responder(e, &decoded.topic),
+                    responder: is_rpc && is_responder(e, topic),
                     retry: e.retry.unwrap_or(self.retry),
                     outcome,
                 }
@@ -761,12 +786,10 @@ impl Dispatcher {
         let first = received.history.first_failure.unwrap_or(now);
         let attempt = received.history.attempt;
         for d in &forward.dead_letters {
-            self.dead_letter(received.message, received.headers, d, attempt, first)
-                .await?;
+            self.dead_letter(received, d, attempt, first).await?;
         }
         for r in &forward.retries {
-            self.schedule_retry(received.message, received.headers, r, attempt + 1, first)
-                .await?;
+            self.schedule_retry(received, r, attempt + 1, first).await?;
         }
         Ok(())
     }
@@ -839,14 +862,14 @@ impl Dispatcher {
 
     async fn dead_letter(
         &self,
-        original: &Message,
-        headers: &Headers,
+        received: &Received<'_>,
         d: &DeadLetter,
         attempts: u32,
         first_failure: i64,
     ) -> Result<(), BrokerError> {
         let now = now_ms();
-        let mut msg = copy_with(original, headers);
+        let original = received.message;
+        let mut msg = copy_with(received);
         let h = &mut msg.properties.headers;
         h.insert(
             REASON_HEADER.to_owned(),
@@ -907,12 +930,12 @@ impl Dispatcher {
 
     async fn schedule_retry(
         &self,
-        original: &Message,
-        headers: &Headers,
+        received: &Received<'_>,
         r: &RetryCopy,
         next_attempt: u32,
         first_failure: i64,
     ) -> Result<(), BrokerError> {
+        let original = received.message;
         let delay_ms = r.delay_ms;
         // Declared before every copy (idempotent), not once per process: a wait queue deleted
         // meanwhile would make the copy unroutable, and lapin 4.12 does not always report that
@@ -921,7 +944,7 @@ impl Dispatcher {
             .declare_queue(&self.wait_queue_spec(delay_ms))
             .await
             .map_err(|e| e.for_service(&self.queue))?;
-        let mut msg = copy_with(original, headers);
+        let mut msg = copy_with(received);
         let h = &mut msg.properties.headers;
         h.insert(
             ATTEMPT_HEADER.to_owned(),
@@ -958,6 +981,7 @@ impl Dispatcher {
     async fn run_handler(
         &self,
         e: &HandlerEntry,
+        label: Option<&metrics::SharedString>,
         delivery: &Arc<Delivery>,
         ctx: &TraceContext,
         attempt: u32,
@@ -996,7 +1020,14 @@ impl Dispatcher {
             Err(_) => Err(Failure::TimedOut(limit)),
         };
         span.record("outcome", if outcome.is_ok() { "ok" } else { "failed" });
-        telemetry::handled(&e.id, outcome.is_ok(), started.elapsed());
+        match label {
+            Some(label) => telemetry::handled(label, outcome.is_ok(), started.elapsed()),
+            None => telemetry::handled(
+                &telemetry::handler_label(&e.id),
+                outcome.is_ok(),
+                started.elapsed(),
+            ),
+        }
         outcome
     }
 }
@@ -1027,15 +1058,16 @@ fn format_name(f: wire::WireFormat) -> &'static str {
     }
 }
 
-/// A copy of `original` with `headers` (the delivery's, which dispatch keeps apart).
-fn copy_with(original: &Message, headers: &Headers) -> Message {
+/// A copy of the received message with its headers and body (which dispatch keeps apart).
+fn copy_with(received: &Received<'_>) -> Message {
+    let original = received.message;
     let p = &original.properties;
     Message {
         routing_key: original.routing_key.clone(),
         properties: Properties {
             content_type: p.content_type.clone(),
             content_encoding: p.content_encoding.clone(),
-            headers: headers.clone(),
+            headers: received.headers.clone(),
             persistent: p.persistent,
             correlation_id: p.correlation_id.clone(),
             reply_to: p.reply_to.clone(),
@@ -1044,7 +1076,7 @@ fn copy_with(original: &Message, headers: &Headers) -> Message {
             timestamp: p.timestamp,
             priority: p.priority,
         },
-        body: original.body.clone(),
+        body: received.body.to_vec(),
     }
 }
 

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::RpcError;
 use crate::message::Headers;
 use crate::wire::WireFormat;
+use crate::wire::payload::Payload;
 
 /// Metadata of one delivery, available to handlers as an argument.
 #[derive(Debug, Clone)]
@@ -45,9 +47,37 @@ impl Meta {
     }
 }
 
+/// Hashes a `TypeId` by passing its bits through: they are a hash already (the standard
+/// library feeds a `TypeId`'s hash one `u64` of it), so SipHash over them on every `State<T>`
+/// lookup is wasted work. Any other input is folded in byte by byte.
+#[derive(Default)]
+struct TypeIdHasher(u64);
+
+impl std::hash::Hasher for TypeIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(8) ^ n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Shared resources registered on the app builder, looked up by type.
 #[derive(Default, Clone)]
-pub(crate) struct StateMap(HashMap<std::any::TypeId, Arc<dyn Any + Send + Sync>>);
+pub(crate) struct StateMap(
+    HashMap<
+        std::any::TypeId,
+        Arc<dyn Any + Send + Sync>,
+        std::hash::BuildHasherDefault<TypeIdHasher>,
+    >,
+);
 
 impl fmt::Debug for StateMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,10 +100,14 @@ impl StateMap {
 }
 
 /// One received event as handlers see it, whatever wire format carried it.
+///
+/// The event stays the JSON it arrived as until it is asked for: a typed handler reads its
+/// type straight from it, and [`Delivery::event`] builds a `serde_json::Value` on its first
+/// call only.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The event payload (without tchu-tchu's `_tchu_meta`).
-    pub event: serde_json::Value,
+    /// The event payload (without tchu-tchu's `_tchu_meta`), raw until asked for.
+    pub(crate) event: Payload,
     /// Its metadata.
     pub meta: Meta,
     pub(crate) state: Arc<StateMap>,
@@ -86,10 +120,26 @@ impl Delivery {
         self.client.as_ref()
     }
 
+    /// The event payload (without tchu-tchu's `_tchu_meta`) as a JSON tree, built on the first
+    /// call and kept for the next ones.
+    pub fn event(&self) -> &serde_json::Value {
+        self.event.value()
+    }
+
+    /// Deserializes the event payload into `T`, straight from the JSON it arrived as when
+    /// nothing built its tree yet (the way typed handler arguments are read).
+    ///
+    /// # Errors
+    /// The payload does not deserialize into `T` (the error is the one reading
+    /// [`Delivery::event`] into `T` gives).
+    pub fn event_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        self.event.deserialize()
+    }
+
     /// A delivery for unit tests of extractors and handlers.
     pub fn for_test(topic: &str, event: serde_json::Value) -> Self {
         Delivery {
-            event,
+            event: Payload::parsed(event),
             meta: Meta {
                 message_id: None,
                 topic: topic.to_owned(),
@@ -163,7 +213,9 @@ pub trait FromDelivery: Sized + Send + 'static {
 
 impl FromDelivery for serde_json::Value {
     fn from_delivery(d: &Delivery) -> Result<Self, Rejection> {
-        Ok(d.event.clone())
+        // Read from the raw JSON (one parse) rather than building the shared tree and cloning
+        // it; the payload was validated as JSON, so this does not fail.
+        Ok(d.event.deserialize().unwrap_or_default())
     }
 }
 
@@ -219,7 +271,7 @@ fn schema_check<E: crate::Event>(d: &Delivery) -> Result<(), Rejection> {
 /// [`RejectionKind::Decode`] or [`RejectionKind::Invalid`].
 pub fn extract_event<E: crate::Event>(d: &Delivery) -> Result<E, Rejection> {
     schema_check::<E>(d)?;
-    let e = E::deserialize(&d.event).map_err(|err| {
+    let e = d.event.deserialize::<E>().map_err(|err| {
         Rejection::new(
             RejectionKind::Decode,
             format!("cannot decode `{}`: {err}", std::any::type_name::<E>()),
@@ -402,6 +454,18 @@ impl FromDelivery for crate::client::Client {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn state_is_found_by_type_with_the_pass_through_hasher() {
+        let mut s = StateMap::default();
+        s.insert(7u32);
+        s.insert("text");
+        s.insert(Arc::new(1.5f64));
+        assert_eq!(s.get::<u32>().as_deref(), Some(&7));
+        assert_eq!(s.get::<&str>().as_deref(), Some(&"text"));
+        assert_eq!(s.get::<Arc<f64>>().map(|a| **a), Some(1.5));
+        assert!(s.get::<u64>().is_none());
+    }
 
     #[test]
     fn a_timed_out_run_is_retried() {

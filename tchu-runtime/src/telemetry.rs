@@ -40,11 +40,19 @@ pub(crate) fn received(topic: &str) {
     metrics::counter!(RECEIVED_TOTAL, "topic" => topic.to_owned()).increment(1);
 }
 
-pub(crate) fn handled(handler: &str, ok: bool, took: Duration) {
+/// A handler id as a metric label, made once per handler (see [`handled`]).
+pub(crate) fn handler_label(handler: &str) -> metrics::SharedString {
+    metrics::SharedString::from(std::sync::Arc::<str>::from(handler))
+}
+
+/// One handler run. `handler` comes from [`handler_label`]: cloning it shares the text, so the
+/// labels cost no copy of the id per run (`metrics` builds them before it calls the recorder,
+/// even the no-op one).
+pub(crate) fn handled(handler: &metrics::SharedString, ok: bool, took: Duration) {
     let outcome = if ok { "ok" } else { "failed" };
-    metrics::counter!(HANDLED_TOTAL, "handler" => handler.to_owned(), "outcome" => outcome)
+    metrics::counter!(HANDLED_TOTAL, "handler" => handler.clone(), "outcome" => outcome)
         .increment(1);
-    metrics::histogram!(HANDLER_DURATION_SECONDS, "handler" => handler.to_owned()).record(took);
+    metrics::histogram!(HANDLER_DURATION_SECONDS, "handler" => handler.clone()).record(took);
 }
 
 pub(crate) fn retried(handler: &str) {

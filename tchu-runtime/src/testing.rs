@@ -16,7 +16,7 @@
 //!     .only_module("none")
 //!     .subscribe("user.created", "greet", |d: std::sync::Arc<tchu::Delivery>| {
 //!         let client = d.client().cloned();
-//!         let email = d.event["email"].clone();
+//!         let email = d.event()["email"].clone();
 //!         async move {
 //!             if let Some(c) = client {
 //!                 c.publish("email.sent", &serde_json::json!({ "to": email })).await?;

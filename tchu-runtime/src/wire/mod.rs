@@ -8,6 +8,7 @@
 
 pub mod celery;
 pub mod json;
+pub(crate) mod payload;
 
 pub use celery::CeleryEncoding;
 
@@ -137,6 +138,12 @@ impl Default for Limits {
 /// # Errors
 /// A [`DecodeError`] whose text says why; the caller dead-letters the message with it.
 pub fn decode(msg: &Message, limits: Limits) -> Result<Decoded, DecodeError> {
+    check(msg, limits)?;
+    decode_checked(msg)
+}
+
+/// The checks of [`decode`] before the format's own: size, header count, content type, UTF-8.
+pub(crate) fn check(msg: &Message, limits: Limits) -> Result<(), DecodeError> {
     if msg.body.len() > limits.max_body {
         return Err(DecodeError::TooLarge {
             size: msg.body.len(),
@@ -159,6 +166,11 @@ pub fn decode(msg: &Message, limits: Limits) -> Result<Decoded, DecodeError> {
     if std::str::from_utf8(&msg.body).is_err() {
         return Err(DecodeError::NotUtf8);
     }
+    Ok(())
+}
+
+/// [`decode`] after [`check`].
+pub(crate) fn decode_checked(msg: &Message) -> Result<Decoded, DecodeError> {
     if celery::is_celery(msg) {
         celery::decode(msg)
     } else {
