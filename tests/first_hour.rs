@@ -491,6 +491,7 @@ fn a_service_reports_its_start_and_stops_cleanly() {
         "prefetch=7",
         "concurrency=64",
         "format=Celery",
+        "celery_encoding=lean",
         "outbox=off",
         "inbox=off",
         "handler linked",

@@ -369,6 +369,7 @@ impl App {
             prefetch = self.config.prefetch,
             concurrency = self.config.concurrency,
             format = ?self.config.format,
+            celery_encoding = %self.config.celery_encoding,
             handlers = registry.entries().len(),
             outbox = %outbox,
             inbox = %inbox,
