@@ -204,6 +204,29 @@ impl Client {
         self.publish_json(topic, &json, None).await
     }
 
+    /// The message for an event (`is_rpc` false) or a request, in the configured wire format
+    /// and Celery encoding, with its schema stamp.
+    fn encode(
+        &self,
+        topic: &str,
+        json: &[u8],
+        id: &MessageId,
+        schema: Option<&str>,
+        is_rpc: bool,
+    ) -> Message {
+        let config = &self.inner.config;
+        let mut msg = wire::encode_with(
+            config.format,
+            config.celery_encoding,
+            topic,
+            json,
+            id.as_str(),
+            is_rpc,
+        );
+        wire::stamp_schema(&mut msg, schema);
+        msg
+    }
+
     async fn publish_json(
         &self,
         topic: &str,
@@ -212,15 +235,7 @@ impl Client {
     ) -> Result<MessageId, PublishError> {
         require_object(topic, json)?;
         let id = MessageId::new();
-        let mut msg = wire::encode_with(
-            self.inner.config.format,
-            self.inner.config.celery_encoding,
-            topic,
-            json,
-            id.as_str(),
-            false,
-        );
-        wire::stamp_schema(&mut msg, schema);
+        let mut msg = self.encode(topic, json, &id, schema, false);
         msg.properties.persistent = true;
         let span = tracing::info_span!(
             "tchu.publish",
@@ -359,15 +374,7 @@ impl Client {
                 topic: topic.to_owned(),
                 source,
             })?;
-        let mut msg = wire::encode_with(
-            self.inner.config.format,
-            self.inner.config.celery_encoding,
-            topic,
-            json,
-            id.as_str(),
-            true,
-        );
-        wire::stamp_schema(&mut msg, schema);
+        let mut msg = self.encode(topic, json, &id, schema, true);
         propagate(span, &mut msg);
         msg.properties.persistent = false;
         msg.properties.expiration = Some(timeout);

@@ -18,6 +18,7 @@ use serde::de::{
 use serde_json::{Map, Value};
 
 use crate::message::{HeaderValue, Message};
+use crate::wire::celery::decode::{EmbedObject, FastBody};
 use crate::wire::celery::{DISPATCH_TASK, META_KEY};
 use crate::wire::{DecodeError, Decoded, Kind, Limits, WireFormat};
 
@@ -231,40 +232,6 @@ fn celery_dispatch(msg: &Message) -> Option<Incoming> {
         message_id: id,
         format: WireFormat::Celery,
     })
-}
-
-/// The body of a `dispatch_event` task, read borrowed (as in `celery/decode.rs`).
-#[derive(serde::Deserialize)]
-struct FastBody<'a>(
-    #[serde(borrow)] (Cow<'a, str>,),
-    #[serde(borrow)] FastKwargs<'a>,
-    EmbedObject,
-);
-
-#[derive(serde::Deserialize)]
-struct FastKwargs<'a> {
-    #[serde(borrow)]
-    routing_key: Option<Cow<'a, str>>,
-}
-
-/// An `embed` element that is a JSON object (its contents checked as JSON, not kept).
-struct EmbedObject;
-
-impl<'de> de::Deserialize<'de> for EmbedObject {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = EmbedObject;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EmbedObject, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(EmbedObject)
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 /// Any JSON value, read exactly as strictly as into a [`Value`] (numbers parsed, strings

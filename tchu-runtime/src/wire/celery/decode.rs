@@ -243,22 +243,22 @@ fn finish_parts(
 
 /// The body of a `dispatch_event` task as `TchuClient` writes it: `[[event], {routing_key},
 /// embed]`, read borrowed (no `Value` tree for the envelope). Anything else is left to the
-/// general path, which then gives the same result or error.
+/// general path, which then gives the same result or error. Also read by `wire/payload.rs`.
 #[derive(serde::Deserialize)]
-struct FastBody<'a>(
-    #[serde(borrow)] (Cow<'a, str>,),
-    #[serde(borrow)] FastKwargs<'a>,
-    EmbedObject,
+pub(crate) struct FastBody<'a>(
+    #[serde(borrow)] pub(crate) (Cow<'a, str>,),
+    #[serde(borrow)] pub(crate) FastKwargs<'a>,
+    pub(crate) EmbedObject,
 );
 
 #[derive(serde::Deserialize)]
-struct FastKwargs<'a> {
+pub(crate) struct FastKwargs<'a> {
     #[serde(borrow)]
-    routing_key: Option<Cow<'a, str>>,
+    pub(crate) routing_key: Option<Cow<'a, str>>,
 }
 
-/// An `embed` element that is a JSON object (its contents ignored).
-struct EmbedObject;
+/// An `embed` element that is a JSON object (its contents checked as JSON, not kept).
+pub(crate) struct EmbedObject;
 
 impl<'de> serde::Deserialize<'de> for EmbedObject {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -54,7 +54,7 @@
 //! - `reply.rs`: result replies ([`encode_reply`], [`decode_reply`], [`is_interim_reply`]).
 //! - `pyrepr.rs`: Python's text forms: `json.dumps` separators and `repr` of a `str`.
 
-mod decode;
+pub(crate) mod decode;
 mod encode;
 mod pyrepr;
 mod reply;
