@@ -18,7 +18,7 @@ use serde::de::{
 use serde_json::{Map, Value};
 
 use crate::message::{HeaderValue, Message};
-use crate::wire::celery::decode::{EmbedObject, FastBody};
+use crate::wire::celery::decode::{EmbedObject, FastBody, truthy};
 use crate::wire::celery::{DISPATCH_TASK, META_KEY};
 use crate::wire::{DecodeError, Decoded, Kind, Limits, WireFormat};
 
@@ -385,18 +385,6 @@ impl<'de> de::Deserialize<'de> for MetaProbe {
             }
         }
         d.deserialize_map(V)
-    }
-}
-
-/// Python's truthiness of a JSON value (as in `celery/decode.rs`).
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
     }
 }
 

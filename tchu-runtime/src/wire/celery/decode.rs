@@ -360,7 +360,7 @@ fn decode_internal(msg: &Message, env: Envelope) -> Decoded {
 }
 
 /// Python's truthiness of a JSON value.
-fn truthy(v: &Value) -> bool {
+pub(crate) fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,
