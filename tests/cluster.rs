@@ -652,7 +652,11 @@ async fn failover_scenario() {
         .expect("call after the failover");
     assert_eq!(v["n"], 2);
     assert!(r.client().is_connected() && publisher.is_connected());
+    // `shutdown` leaves the service's client open: closed here, before the cluster stops and
+    // the runtime ends (lapin's I/O thread would reconnect through a dying runtime).
+    let service_client = r.client().clone();
     r.shutdown().await;
+    service_client.close().await;
     names.cleanup(&publisher, &["svc"], &[]).await;
     publisher.close().await;
 }
@@ -782,7 +786,9 @@ async fn leader_stop_while_reconnecting() {
         leader_of(NODES[0], &svc)
     );
     assert!(running.client().is_connected());
+    let service_client = running.client().clone();
     running.shutdown().await;
+    service_client.close().await;
     names
         .cleanup(&publisher, &["svc"], &[&format!("{svc}.tchu.handoff")])
         .await;

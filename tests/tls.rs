@@ -357,8 +357,14 @@ async fn publish_and_handle(names: &Names, tls: TlsConfig) {
         .await
         .expect("publish over amqps");
     assert_eq!(recv_n(&mut rx, 1).await, vec![json!({"n": 1})]);
+    // The service's connection too: `shutdown` leaves a client open (it may be the process's
+    // default client). Both are closed before the node restarts and the runtime ends, or
+    // lapin's I/O thread reconnects through a runtime that is going away (the README's rule).
+    let service_client = r.client().clone();
     r.shutdown().await;
+    service_client.close().await;
     names.cleanup(&client, &["svc"], &[]).await;
+    client.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,8 +80,10 @@ impl Body {
                     .with_correlation_id(id.into()),
             ),
             Body::Celery => {
+                // The lean encoding leaves the correlation id to the caller, as tchu's `call`
+                // sets it.
                 let m = tchu_runtime::wire::celery::encode(topic, &json, id, true);
-                let props = lapin_properties(&m.properties);
+                let props = lapin_properties(&m.properties).with_correlation_id(id.into());
                 (m.body, props)
             }
         };

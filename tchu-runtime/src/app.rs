@@ -625,6 +625,11 @@ impl Running {
     ///
     /// Returns the service's final counters: every delivery taken before the stop is settled
     /// and counted by then.
+    ///
+    /// The service's client stays open: it may be shared, or the process's default client
+    /// that handlers publish with. Close it (`running.client().clone()`, then
+    /// [`Client::close`] after this returns) before the runtime ends, as for any client;
+    /// [`App::run`] does so for a client it made itself.
     pub async fn shutdown(mut self) -> StatsSnapshot {
         self.health.consuming.store(false, Ordering::Relaxed);
         let _ = self.stop.send(true);
