@@ -867,6 +867,70 @@ async fn consume_loop(
 mod tests {
     use super::*;
 
+    /// An RPC reply carries the request's trace (same trace id, a new span) when the request
+    /// had a `traceparent`, and no trace header when it had none.
+    #[tokio::test]
+    async fn a_reply_carries_its_requests_trace_and_none_without_one() {
+        use crate::broker::QueueSpec;
+        use crate::trace::{TRACEPARENT_HEADER, TraceContext};
+        let broker = MemoryBroker::new();
+        let config = Config::memory();
+        let exchange = config.exchange.clone();
+        let running = App::new(config)
+            .broker(&broker)
+            .service("t.reply_trace")
+            .only_module("none")
+            .subscribe(
+                "rt.echo",
+                "echo",
+                |d: Arc<crate::handler::Delivery>| async move {
+                    Ok::<_, std::convert::Infallible>(d.event().clone())
+                },
+            )
+            .start()
+            .await
+            .expect("start");
+        broker
+            .declare_queue(&QueueSpec::durable("rt.replies", QueueType::Classic))
+            .expect("reply queue");
+        let mut replies = broker.consume("rt.replies", 10).expect("consume");
+        for traced in [None, Some(TraceContext::new_root())] {
+            let id = crate::MessageId::new();
+            let mut msg = crate::wire::encode(
+                crate::wire::WireFormat::Celery,
+                "rt.echo",
+                br#"{"n": 1}"#,
+                id.as_str(),
+                true,
+            );
+            msg.properties.reply_to = Some("rt.replies".to_owned());
+            msg.properties.correlation_id = Some(id.as_str().to_owned());
+            if let Some(ctx) = &traced {
+                ctx.write_headers(&mut msg.properties.headers);
+            }
+            broker.publish_owned(&exchange, msg, true).expect("request");
+            let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+                .await
+                .expect("a reply within 5 s")
+                .expect("a reply");
+            let headers = &reply.message.properties.headers;
+            assert_eq!(
+                reply.message.properties.correlation_id.as_deref(),
+                Some(id.as_str())
+            );
+            match traced {
+                None => assert!(!headers.contains_key(TRACEPARENT_HEADER), "{headers:?}"),
+                Some(ctx) => {
+                    let got = TraceContext::from_headers(headers).expect("a traceparent");
+                    assert_eq!(got.trace_id(), ctx.trace_id());
+                    assert_ne!(got.span_id(), ctx.span_id());
+                }
+            }
+            reply.acker.ack().await.expect("ack");
+        }
+        running.shutdown().await;
+    }
+
     /// The consume loop's first poll: done, waiting (and then finished by a task), or a panic
     /// reported with its text and the future dropped, not polled again.
     #[tokio::test]
