@@ -405,7 +405,14 @@ async fn inbox_runs_a_handler_once_per_message_and_commits_with_it() {
 
     relay.stop().await;
     running.shutdown().await;
-    names.cleanup(&client, &["inbox"], &[]).await;
+    // The handler's retry wait queues too (`<queue>.retry.<delay>ms`, declared on first use;
+    // the policy's first delays: 50 ms doubled).
+    let wait_queues: Vec<String> = [50, 100, 200, 400]
+        .iter()
+        .map(|ms| format!("{}.retry.{ms}ms", names.service("inbox")))
+        .collect();
+    let wait_queues: Vec<&str> = wait_queues.iter().map(String::as_str).collect();
+    names.cleanup(&client, &["inbox"], &wait_queues).await;
     raw.close().await;
     client.close().await;
     db.drop_db().await;
