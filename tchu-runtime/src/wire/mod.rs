@@ -264,6 +264,29 @@ pub fn encode_reply(
     }
 }
 
+/// The dispatcher's reading of a received message (the event left raw, then read into a tree
+/// here): for every message the same result or the same error as [`decode`]. It exists for
+/// the differential fuzz target (`fuzz/fuzz_targets/decode_agree.rs`); not a stable API.
+///
+/// # Errors
+/// Those of [`decode`].
+#[doc(hidden)]
+pub fn decode_as_dispatched(msg: &Message, limits: Limits) -> Result<Decoded, DecodeError> {
+    let incoming = payload::decode(msg, limits)?;
+    let event = incoming
+        .event
+        .into_payload(|| msg.body.clone())
+        .value()
+        .clone();
+    Ok(Decoded {
+        topic: incoming.topic,
+        event,
+        kind: incoming.kind,
+        message_id: incoming.message_id,
+        format: incoming.format,
+    })
+}
+
 /// Decodes a reply in either format.
 ///
 /// # Errors
