@@ -167,6 +167,76 @@ async fn concurrent_calls_never_cross() {
     names.cleanup(&c, &["responder"], &[]).await;
 }
 
+/// Requests share the publish channel, pipelined with each other and with events, and lapin
+/// hands a channel's returns to whichever confirm completes next: a returned request is found
+/// by its correlation id wherever it comes back. Each call to a topic nobody consumes fails
+/// with `NoRoute` (not a timeout), each other call gets its own reply, none is lost.
+#[tokio::test]
+async fn returned_requests_fail_fast_whichever_confirm_carries_them() {
+    let names = Names::new("rpcret");
+    let r = responder(&names).start().await.expect("start");
+    let c = r.client().clone();
+    // A call that is misreported as a timeout would take this long: the assertions tell.
+    let t = Some(Duration::from_secs(15));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16u64 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            let (mut replied, mut no_route) = (0u64, 0u64);
+            for i in 0..40u64 {
+                let n = task * 1000 + i;
+                if (task + i) % 2 == 0 {
+                    let v = c
+                        .call("rpc.echo", &serde_json::json!({ "n": n }), t)
+                        .await
+                        .unwrap_or_else(|e| panic!("call {n} to rpc.echo: {e:?}"));
+                    assert_eq!(v["echo"]["n"], n, "reply belongs to this call");
+                    replied += 1;
+                } else {
+                    match c
+                        .call("rpc.nobody.listens", &serde_json::json!({ "n": n }), t)
+                        .await
+                    {
+                        Err(CallError::NoRoute { topic }) => {
+                            assert_eq!(topic, "rpc.nobody.listens")
+                        }
+                        other => panic!("call {n}: expected NoRoute, got {other:?}"),
+                    }
+                    no_route += 1;
+                }
+            }
+            (replied, no_route)
+        });
+    }
+    // Events on the same channel: their confirms carry returns too.
+    for _ in 0..2 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            for i in 0..200u64 {
+                c.publish("rpc.noise", &serde_json::json!({ "i": i }))
+                    .await
+                    .expect("publish");
+            }
+            (0, 0)
+        });
+    }
+    let started = Instant::now();
+    let (mut replied, mut no_route) = (0, 0);
+    while let Some(res) = tokio::time::timeout(common::WAIT * 3, tasks.join_next())
+        .await
+        .expect("bounded")
+    {
+        let (a, b) = res.expect("task");
+        replied += a;
+        no_route += b;
+    }
+    eprintln!("640 calls and 400 events in {:?}", started.elapsed());
+    assert_eq!((replied, no_route), (320, 320));
+    assert_eq!(c.pending_calls(), 0);
+    r.shutdown().await;
+    names.cleanup(&c, &["responder"], &[]).await;
+}
+
 #[tokio::test]
 async fn late_replies_are_dropped_and_the_pending_table_does_not_grow() {
     let names = Names::new("rpclate");

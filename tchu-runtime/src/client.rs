@@ -13,10 +13,10 @@ use crate::broker::amqp::{AmqpBroker, Timeouts};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, Confirm};
 use crate::config::Config;
-use crate::error::{CallError, ConfigError, Error, PublishError};
+use crate::error::{BrokerError, CallError, ConfigError, Error, PublishError};
 use crate::event::Event;
 use crate::message::Message;
-use crate::rpc::Rpc;
+use crate::rpc::{Answer, Rpc};
 use crate::tls::TlsConfig;
 use crate::topic::check_topic;
 use crate::trace;
@@ -63,6 +63,21 @@ impl fmt::Debug for Client {
             .field("exchange", &self.inner.config.exchange)
             .finish_non_exhaustive()
     }
+}
+
+/// A publish's outcome as the publisher sees it: counted, a nack an error.
+fn confirmed(topic: &str, c: Result<Confirm, BrokerError>) -> Result<Confirm, PublishError> {
+    let c = c.map_err(|source| PublishError::Broker {
+        topic: topic.to_owned(),
+        source,
+    })?;
+    crate::telemetry::published(topic, c == Confirm::Ack);
+    if c == Confirm::Nack {
+        return Err(PublishError::Nacked {
+            topic: topic.to_owned(),
+        });
+    }
+    Ok(c)
 }
 
 /// Refuses what would silently go unencrypted: an `amqps://` URL in a build without TLS (lapin
@@ -261,18 +276,18 @@ impl Client {
             .inner
             .broker
             .publish_owned(&self.inner.config.exchange, msg, mandatory)
-            .await
-            .map_err(|source| PublishError::Broker {
-                topic: topic.to_owned(),
-                source,
-            })?;
-        crate::telemetry::published(topic, c == Confirm::Ack);
-        if c == Confirm::Nack {
-            return Err(PublishError::Nacked {
-                topic: topic.to_owned(),
-            });
-        }
-        Ok(c)
+            .await;
+        confirmed(topic, c)
+    }
+
+    /// Publishes an RPC request (see [`Broker::publish_request`]) and waits for the confirm.
+    async fn send_request(&self, topic: &str, msg: Message) -> Result<Confirm, PublishError> {
+        let c = self
+            .inner
+            .broker
+            .publish_request(&self.inner.config.exchange, msg)
+            .await;
+        confirmed(topic, c)
     }
 
     /// Sends a typed request and waits for its typed reply.
@@ -386,13 +401,14 @@ impl Client {
             topic: topic.to_owned(),
             timeout,
         };
-        let confirm = tokio::time::timeout_at(deadline, self.send(topic, msg, true))
+        let no_route = || CallError::NoRoute {
+            topic: topic.to_owned(),
+        };
+        let confirm = tokio::time::timeout_at(deadline, self.send_request(topic, msg))
             .await
             .map_err(|_| timed_out())??;
         if confirm == Confirm::Returned {
-            return Err(CallError::NoRoute {
-                topic: topic.to_owned(),
-            });
+            return Err(no_route());
         }
         let mut pending = pending;
         let reply = tokio::time::timeout_at(deadline, &mut pending.reply)
@@ -400,18 +416,21 @@ impl Client {
             .map_err(|_| timed_out())?
             .map_err(|_| timed_out())?;
         match reply {
-            Ok(Reply::Ok(v)) => Ok(v),
-            Ok(Reply::Remote(e)) => Err(CallError::Remote {
+            Answer::NoRoute => Err(no_route()),
+            Answer::Reply(Ok(Reply::Ok(v))) => Ok(v),
+            Answer::Reply(Ok(Reply::Remote(e))) => Err(CallError::Remote {
                 code: e.code,
                 message: e.message,
                 details: e.details,
             }),
-            Ok(Reply::HandlerFailed(message)) => Err(CallError::HandlerFailed { message }),
-            Ok(Reply::Invalid(message)) => Err(CallError::Invalid {
+            Answer::Reply(Ok(Reply::HandlerFailed(message))) => {
+                Err(CallError::HandlerFailed { message })
+            }
+            Answer::Reply(Ok(Reply::Invalid(message))) => Err(CallError::Invalid {
                 message,
                 errors: None,
             }),
-            Err(e) => Err(CallError::HandlerFailed {
+            Answer::Reply(Err(e)) => Err(CallError::HandlerFailed {
                 message: format!("unreadable reply: {e}"),
             }),
         }

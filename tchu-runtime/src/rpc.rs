@@ -1,18 +1,26 @@
 //! RPC over direct reply-to: one reply consumer per client multiplexes every in-flight call by
-//! correlation id. A reply whose call is gone (timed out, or a second responder) is dropped,
-//! and the pending table only holds calls that are still waiting.
+//! correlation id. Replies are decoded and routed on the connection's reply consumer task (no
+//! channel hop, no task of their own), and so are returned requests (see
+//! [`Broker::publish_request`]). A reply whose call is gone (timed out, or a second responder)
+//! is dropped, and the pending table only holds calls that are still waiting.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::oneshot;
 
-use crate::broker::{Broker, ReplyConsumer};
+use crate::broker::{Broker, ReplyEvent, ReplySink};
 use crate::error::BrokerError;
 use crate::wire::{DecodeError, Reply};
 
 /// A call's answer, decoded by the reply consumer.
-pub(crate) type Answer = Result<Reply, DecodeError>;
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The reply, or why it could not be read.
+    Reply(Result<Reply, DecodeError>),
+    /// The broker returned the request: nobody consumes its topic.
+    NoRoute,
+}
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Answer>>>>;
 
@@ -42,9 +50,11 @@ impl Drop for PendingCall {
 impl Rpc {
     /// Starts the reply consumer.
     pub(crate) async fn start(broker: &Broker) -> Result<Rpc, BrokerError> {
-        let (reply_to, consumer) = broker.reply_consumer().await?;
         let pending: Pending = Arc::default();
-        tokio::spawn(route_replies(consumer, Arc::clone(&pending)));
+        let table = Arc::downgrade(&pending);
+        let reply_to = broker
+            .reply_consumer(ReplySink::new(move |e| route(&table, e)))
+            .await?;
         Ok(Rpc { reply_to, pending })
     }
 
@@ -72,26 +82,34 @@ impl Rpc {
     }
 }
 
-async fn route_replies(mut consumer: ReplyConsumer, pending: Pending) {
-    while let Some(mut msg) = consumer.next().await {
-        let Some(id) = msg.properties.correlation_id.take() else {
-            tracing::debug!("reply without correlation id dropped");
-            continue;
-        };
-        // Decoded here, the body parsed once. A Celery worker with `task_track_started` (or a
-        // retrying task) sends STARTED/RETRY states before the result: not the answer, keep
-        // waiting.
-        let Some(answer) = crate::wire::decode_final_reply(&msg) else {
-            tracing::debug!(correlation_id = %id, "interim Celery reply skipped");
-            continue;
-        };
-        let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
-        match tx {
-            Some(tx) => {
-                let _ = tx.send(answer);
-            }
-            None => tracing::debug!(correlation_id = %id, "late or duplicate reply dropped"),
+/// Hands one reply or returned request to its pending call; `false` once the client is gone.
+fn route(pending: &Weak<Mutex<HashMap<String, oneshot::Sender<Answer>>>>, e: ReplyEvent) -> bool {
+    let Some(pending) = pending.upgrade() else {
+        return false;
+    };
+    let (id, answer) = match e {
+        ReplyEvent::Reply(mut msg) => {
+            let Some(id) = msg.properties.correlation_id.take() else {
+                tracing::debug!("reply without correlation id dropped");
+                return true;
+            };
+            // Decoded here, the body parsed once. A Celery worker with `task_track_started` (or
+            // a retrying task) sends STARTED/RETRY states before the result: not the answer,
+            // keep waiting.
+            let Some(answer) = crate::wire::decode_final_reply(&msg) else {
+                tracing::debug!(correlation_id = %id, "interim Celery reply skipped");
+                return true;
+            };
+            (id, Answer::Reply(answer))
         }
+        ReplyEvent::Returned { correlation_id } => (correlation_id, Answer::NoRoute),
+    };
+    let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
+    match tx {
+        Some(tx) => {
+            let _ = tx.send(answer);
+        }
+        None => tracing::debug!(correlation_id = %id, "late or duplicate reply dropped"),
     }
-    tracing::debug!("reply consumer ended");
+    true
 }

@@ -13,9 +13,13 @@
 //! a replacement connection tries the nodes after the current one first, so a client fails over
 //! to a live node when its node stops.
 //!
-//! Direct reply-to replies are forwarded from the publish channel's reply consumer to one
-//! receiver; a replacement connection subscribes its reply consumer before it is used for
-//! publishing (a request published with `reply_to` and no reply consumer closes the channel).
+//! RPC requests go out on the publish channel too, pipelined and mandatory. lapin hands a
+//! channel's `basic.return`s to whichever confirm completes next, so a returned request is
+//! recognised by its `correlation_id`, whichever publish's confirm carries it, and handed to the
+//! client's [`ReplySink`] with the replies (see [`AmqpBroker::publish_request`]). Replies are
+//! handed to that sink by the publish channel's reply consumer, on its own task; a replacement
+//! connection subscribes its reply consumer before it is used for publishing (a request
+//! published with `reply_to` and no reply consumer closes the channel).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +38,7 @@ use lapin::{
 
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
-use crate::broker::{Confirm, InboundDelivery, QueueSpec, QueueType, ReplyConsumer};
+use crate::broker::{Confirm, InboundDelivery, QueueSpec, QueueType, ReplyEvent, ReplySink};
 use crate::error::BrokerError;
 use crate::message::{HeaderValue, Headers, Message, Properties};
 use crate::tls::{ClientCert, TlsConfig};
@@ -61,8 +65,6 @@ struct Inner {
     mandatory: MandatoryPool,
 }
 
-type ReplySender = tokio::sync::mpsc::UnboundedSender<Message>;
-
 #[derive(Debug)]
 struct Shared {
     /// One URL per node, tried in order.
@@ -76,8 +78,8 @@ struct Shared {
     current: std::sync::RwLock<Arc<Inner>>,
     /// Held while a new connection is being made, so that only one is.
     reconnecting: tokio::sync::Mutex<()>,
-    /// Where direct reply-to replies go, once RPC is used.
-    replies: std::sync::Mutex<Option<ReplySender>>,
+    /// Where direct reply-to replies and returned requests go, once RPC is used.
+    replies: std::sync::Mutex<Option<ReplySink>>,
 }
 
 /// The timeouts of a connection.
@@ -123,7 +125,7 @@ impl AmqpBroker {
         })
     }
 
-    fn reply_sender(&self) -> Option<ReplySender> {
+    fn reply_sender(&self) -> Option<ReplySink> {
         match self.shared.replies.lock() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -368,6 +370,53 @@ impl AmqpBroker {
         msg: &Message,
         mandatory: bool,
     ) -> Result<Confirm, BrokerError> {
+        let route = if mandatory {
+            Route::Mandatory
+        } else {
+            Route::Plain
+        };
+        self.publish_as(exchange, msg, route).await
+    }
+
+    /// Publishes an RPC request on the publish channel, mandatory, pipelined with every other
+    /// publish of the connection: no channel of its own, no wait for a free one.
+    ///
+    /// [`Confirm::Returned`] when the return that came with this publish's confirm is this
+    /// request's (same `correlation_id`). A return that came with it but is another request's
+    /// goes to the reply sink as [`ReplyEvent::Returned`], and so does this request's return when
+    /// it came with another publish's confirm: the caller waits on its pending call for both.
+    pub(crate) async fn publish_request(
+        &self,
+        exchange: &str,
+        msg: &Message,
+    ) -> Result<Confirm, BrokerError> {
+        self.publish_as(exchange, msg, Route::Request).await
+    }
+
+    /// Hands a returned message that came with some publish's confirm on the publish channel to
+    /// the reply sink, as the return of the request with its correlation id.
+    fn route_return(&self, r: &lapin::message::BasicReturnMessage) {
+        let cid = r.delivery.properties.correlation_id().as_ref();
+        match (cid, self.reply_sender()) {
+            (Some(cid), Some(sink)) => {
+                sink.send(ReplyEvent::Returned {
+                    correlation_id: cid.as_str().to_owned(),
+                });
+            }
+            _ => tracing::error!(
+                routing_key = %r.delivery.routing_key,
+                "a message without a pending call was returned on the publish channel"
+            ),
+        }
+    }
+
+    async fn publish_as(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        route: Route,
+    ) -> Result<Confirm, BrokerError> {
+        let mandatory = route == Route::Mandatory;
         // The first attempt takes these; a retry (rare) builds them again instead of every
         // attempt cloning them.
         let mut first_props = Some(to_lapin_properties(&msg.properties));
@@ -397,31 +446,36 @@ impl AmqpBroker {
                 if mandatory {
                     return self.publish_mandatory(&inner, exchange, msg, props).await;
                 }
-                let confirm = inner
+                let pending = inner
                     .publish
                     .basic_publish(
                         exchange.into(),
                         msg.routing_key.as_str().into(),
-                        BasicPublishOptions::default(),
+                        BasicPublishOptions {
+                            mandatory: route == Route::Request,
+                            ..Default::default()
+                        },
                         &msg.body,
                         props,
                     )
-                    .await?
                     .await?;
+                let confirm = CarriedReturns::new(self, pending).await?;
                 Ok(match confirm {
-                    Confirmation::Nack(_) => Confirm::Nack,
-                    Confirmation::Ack(returned) => {
-                        // Nothing mandatory is published on this channel: a returned message
-                        // here is nobody's, and this publish cannot have been returned.
-                        if let Some(r) = returned {
-                            tracing::error!(
-                                routing_key = %r.delivery.routing_key,
-                                "a message was returned on the channel of non-mandatory publishes"
-                            );
+                    Confirmation::Nack(r) => {
+                        if let Some(r) = r {
+                            self.route_return(&r);
                         }
-                        Confirm::Ack
+                        Confirm::Nack
                     }
-                    Confirmation::NotRequested => Confirm::Ack,
+                    Confirmation::Ack(Some(r)) => {
+                        if route == Route::Request && is_request_return(&r, msg) {
+                            Confirm::Returned
+                        } else {
+                            self.route_return(&r);
+                            Confirm::Ack
+                        }
+                    }
+                    Confirmation::Ack(None) | Confirmation::NotRequested => Confirm::Ack,
                 })
             };
             let attempt_deadline = deadline.min(tokio::time::Instant::now() + ATTEMPT_TIMEOUT);
@@ -477,16 +531,8 @@ impl AmqpBroker {
         msg: &Message,
         props: BasicProperties,
     ) -> Result<Confirm, lapin::Error> {
-        let mut lease = inner.mandatory.lease(&inner.conn).await?;
+        let lease = inner.mandatory.lease(&inner.conn).await?;
         let channel = lease.channel.clone();
-        if msg.properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) && !lease.replies {
-            // A direct reply-to request needs a reply consumer on the channel it is published
-            // on (else the broker closes the channel); replies go to the same receiver.
-            if let Some(tx) = self.reply_sender() {
-                consume_replies(&channel, tx).await?;
-                lease.replies = true;
-            }
-        }
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -580,17 +626,16 @@ impl AmqpBroker {
     }
 
     /// Subscribes direct reply-to on the publish channel (once per connection: a replacement
-    /// connection subscribes again by itself) and returns the receiver of every reply.
-    pub(crate) async fn reply_consumer(&self) -> Result<(String, ReplyConsumer), BrokerError> {
+    /// connection subscribes again by itself); every reply and returned request goes to `sink`.
+    pub(crate) async fn reply_consumer(&self, sink: ReplySink) -> Result<String, BrokerError> {
         // Under the reconnect lock, so that a replacement cannot slip in between.
         let _one = self.shared.reconnecting.lock().await;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        subscribe_replies(&self.inner().publish, tx.clone()).await?;
         match self.shared.replies.lock() {
-            Ok(mut g) => *g = Some(tx),
-            Err(p) => *p.into_inner() = Some(tx),
+            Ok(mut g) => *g = Some(sink.clone()),
+            Err(p) => *p.into_inner() = Some(sink.clone()),
         }
-        Ok((DIRECT_REPLY_TO.to_owned(), ReplyConsumer::Amqp(rx)))
+        subscribe_replies(&self.inner().publish, sink).await?;
+        Ok(DIRECT_REPLY_TO.to_owned())
     }
 
     pub(crate) async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
@@ -815,17 +860,10 @@ impl AmqpAcker {
     }
 }
 
-/// Consumes direct reply-to on `publish` and forwards every reply to `tx` until the channel's
+/// Consumes direct reply-to on `publish` and hands every reply to `sink` until the channel's
 /// consumer ends (its connection replaced) or nobody listens any more.
-async fn subscribe_replies(publish: &Channel, tx: ReplySender) -> Result<(), BrokerError> {
-    consume_replies(publish, tx)
-        .await
-        .map_err(err("cannot consume direct reply-to"))
-}
-
-/// [`subscribe_replies`] on any channel, with lapin's error.
-async fn consume_replies(channel: &Channel, tx: ReplySender) -> Result<(), lapin::Error> {
-    let mut consumer = channel
+async fn subscribe_replies(publish: &Channel, sink: ReplySink) -> Result<(), BrokerError> {
+    let mut consumer = publish
         .basic_consume(
             DIRECT_REPLY_TO.into(),
             ShortString::from(format!("tchu-reply-{}", uuid::Uuid::new_v4())),
@@ -835,13 +873,14 @@ async fn consume_replies(channel: &Channel, tx: ReplySender) -> Result<(), lapin
             },
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(err("cannot consume direct reply-to"))?;
     tokio::spawn(async move {
         while let Some(d) = consumer.next().await {
             match d {
                 Ok(mut d) => {
                     let body = std::mem::take(&mut d.data);
-                    if tx.send(from_lapin_delivery(&d, body)).is_err() {
+                    if !sink.send(ReplyEvent::Reply(from_lapin_delivery(&d, body))) {
                         break;
                     }
                 }
@@ -892,7 +931,7 @@ async fn open_any(
     name: &str,
     tls: &TlsConfig,
     connect_timeout: Duration,
-    replies: Option<ReplySender>,
+    replies: Option<ReplySink>,
 ) -> Result<Inner, BrokerError> {
     let mut failures = Vec::new();
     for k in 0..urls.len() {
@@ -1181,7 +1220,7 @@ struct MandatoryPool {
     /// One permit per channel that may be in use.
     permits: tokio::sync::Semaphore,
     /// Channels with no publish in flight.
-    idle: std::sync::Mutex<Vec<PooledChannel>>,
+    idle: std::sync::Mutex<Vec<Channel>>,
 }
 
 impl Default for MandatoryPool {
@@ -1193,15 +1232,8 @@ impl Default for MandatoryPool {
     }
 }
 
-#[derive(Debug)]
-struct PooledChannel {
-    channel: Channel,
-    /// Whether it consumes direct reply-to.
-    replies: bool,
-}
-
 impl MandatoryPool {
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<PooledChannel>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Channel>> {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1211,22 +1243,22 @@ impl MandatoryPool {
     /// the pool's permits.
     async fn lease(&self, conn: &Connection) -> Result<Lease<'_>, lapin::Error> {
         loop {
-            let Some(pc) = self.idle().pop() else { break };
-            if pc.channel.status().connected() {
+            let Some(channel) = self.idle().pop() else {
+                break;
+            };
+            if channel.status().connected() {
                 return Ok(Lease {
                     pool: self,
-                    channel: pc.channel,
-                    replies: pc.replies,
+                    channel,
                     released: false,
                 });
             }
-            discard(pc.channel);
+            discard(channel);
         }
         let channel = conn.create_channel().await?;
         let lease = Lease {
             pool: self,
             channel: channel.clone(),
-            replies: false,
             released: false,
         };
         channel
@@ -1241,8 +1273,6 @@ impl MandatoryPool {
 struct Lease<'a> {
     pool: &'a MandatoryPool,
     channel: Channel,
-    /// Whether the channel consumes direct reply-to.
-    replies: bool,
     released: bool,
 }
 
@@ -1250,10 +1280,7 @@ impl Lease<'_> {
     /// Back to the pool: its last publish is fully confirmed.
     fn release(mut self) {
         self.released = true;
-        self.pool.idle().push(PooledChannel {
-            channel: self.channel.clone(),
-            replies: self.replies,
-        });
+        self.pool.idle().push(self.channel.clone());
     }
 }
 
@@ -1288,6 +1315,85 @@ fn is_return_of(r: &lapin::message::BasicReturnMessage, exchange: &str, msg: &Me
             d.properties.message_id().as_ref().map(|s| s.as_str()) == Some(id.as_str())
         })
 }
+
+/// Whether `r` is the return of the request `msg` (same correlation id: a request has one).
+fn is_request_return(r: &lapin::message::BasicReturnMessage, msg: &Message) -> bool {
+    let returned = r.delivery.properties.correlation_id().as_ref();
+    match (returned, msg.properties.correlation_id.as_deref()) {
+        (Some(returned), Some(own)) => returned.as_str() == own,
+        _ => false,
+    }
+}
+
+/// How a message is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// On the publish channel, not mandatory.
+    Plain,
+    /// Mandatory, on a pool channel of its own: its confirm says precisely whether it was routed.
+    Mandatory,
+    /// An RPC request: mandatory on the publish channel; its return is found by correlation id.
+    Request,
+}
+
+/// The confirm of a publish on the publish channel. A confirm there can carry the return of a
+/// request published on that channel (lapin hands returns to whichever confirm completes next):
+/// if this future is dropped before its confirm came (the publish timed out, the caller went
+/// away), the confirm is awaited on a task of its own and a return it carries still reaches the
+/// reply sink, so that the returned call fails with "no route" rather than a timeout.
+struct CarriedReturns<'a> {
+    broker: &'a AmqpBroker,
+    pending: Option<lapin::PublisherConfirm>,
+}
+
+impl<'a> CarriedReturns<'a> {
+    fn new(broker: &'a AmqpBroker, pending: lapin::PublisherConfirm) -> Self {
+        CarriedReturns {
+            broker,
+            pending: Some(pending),
+        }
+    }
+}
+
+impl std::future::Future for CarriedReturns<'_> {
+    type Output = Result<Confirmation, lapin::Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(pending) = self.pending.as_mut() else {
+            return std::task::Poll::Ready(Err(lapin::ErrorKind::FutureCompleted.into()));
+        };
+        let res = std::pin::Pin::new(pending).poll(cx);
+        if res.is_ready() {
+            self.pending = None;
+        }
+        res
+    }
+}
+
+impl Drop for CarriedReturns<'_> {
+    fn drop(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let broker = self.broker.clone();
+        rt.spawn(async move {
+            if let Ok(Ok(c)) = tokio::time::timeout(ABANDONED_CONFIRM, pending).await
+                && let Some(r) = c.take_message()
+            {
+                broker.route_return(&r);
+            }
+        });
+    }
+}
+
+/// How long the confirm of an abandoned publish is still awaited for a return it may carry.
+const ABANDONED_CONFIRM: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod mandatory_tests;

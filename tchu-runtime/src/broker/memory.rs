@@ -24,11 +24,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::QueueSpec;
-use crate::broker::{Acker, Confirm, InboundDelivery, ReplyConsumer};
+use crate::broker::{Acker, Confirm, InboundDelivery, ReplyEvent, ReplySink};
 use crate::error::BrokerError;
 use crate::message::{HeaderValue, Headers, Message};
 use crate::topic::pattern_matches;
@@ -174,12 +174,15 @@ impl MemoryBroker {
     ) -> Result<Confirm, BrokerError> {
         let mut st = self.lock();
         if x.is_empty() && m.routing_key.starts_with(REPLY_TO_PREFIX) {
-            let delivered = match st.replies.get(&m.routing_key) {
-                Some(tx) => tx.send(m.clone().into_owned()).is_ok(),
-                None => false,
+            let Some(sink) = st.replies.get(&m.routing_key).cloned() else {
+                return Ok(confirm(mandatory, false));
             };
+            drop(st);
+            let key = m.routing_key.clone();
+            // The sink runs outside the broker's lock (it may publish in turn).
+            let delivered = sink.send(ReplyEvent::Reply(m.into_owned()));
             if !delivered {
-                st.replies.remove(&m.routing_key);
+                self.lock().replies.remove(&key);
             }
             return Ok(confirm(mandatory, delivered));
         }
@@ -225,15 +228,12 @@ impl MemoryBroker {
         })
     }
 
-    /// A new direct reply-to address and the receiver of the messages published to it (on the
-    /// default exchange, with the address as routing key).
-    pub(crate) fn reply_consumer(&self) -> (String, ReplyConsumer) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// A new direct reply-to address; every message published to it (on the default exchange,
+    /// with the address as routing key) is handed to `sink`, on the publisher's task.
+    pub(crate) fn reply_consumer(&self, sink: ReplySink) -> String {
         let address = format!("{REPLY_TO_PREFIX}{}", uuid::Uuid::new_v4().simple());
-        let mut st = self.lock();
-        st.replies.retain(|_, tx| !tx.is_closed());
-        st.replies.insert(address.clone(), tx);
-        (address, ReplyConsumer::Memory(rx))
+        self.lock().replies.insert(address.clone(), sink);
+        address
     }
 
     /// Consumers of `q`, `None` when it does not exist.
@@ -340,7 +340,7 @@ struct State {
     exchanges: HashMap<String, Exchange>,
     queues: HashMap<String, Queue>,
     /// Direct reply-to addresses and their receivers.
-    replies: HashMap<String, mpsc::UnboundedSender<Message>>,
+    replies: HashMap<String, ReplySink>,
     /// Source of queue uids, consumer ids and delivery tags.
     next_id: u64,
 }
@@ -1317,15 +1317,20 @@ mod tests {
     #[tokio::test]
     async fn direct_reply_to() {
         let b = MemoryBroker::new();
-        let (address, mut replies) = b.reply_consumer();
+        let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+        let sink = ReplySink::new(move |e| match e {
+            ReplyEvent::Reply(m) => tx.send(m).is_ok(),
+            ReplyEvent::Returned { .. } => true,
+        });
+        let address = b.reply_consumer(sink.clone());
         assert!(address.starts_with("amq.rabbitmq.reply-to."));
-        let (other, _keep) = b.reply_consumer();
+        let other = b.reply_consumer(sink);
         assert_ne!(address, other);
         assert_eq!(
             b.publish("", &msg(&address, "r"), true).unwrap(),
             Confirm::Ack
         );
-        let got = tokio::time::timeout(WAIT, replies.next())
+        let got = tokio::time::timeout(WAIT, replies.recv())
             .await
             .unwrap()
             .unwrap();
@@ -1333,6 +1338,7 @@ mod tests {
             (got.routing_key.as_str(), got.body.as_slice()),
             (address.as_str(), &b"r"[..])
         );
+        // Nobody listens any more: the sink says so, and the address is gone.
         drop(replies);
         assert_eq!(
             b.publish("", &msg(&address, "r"), false).unwrap(),

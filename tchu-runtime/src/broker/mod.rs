@@ -166,19 +166,44 @@ impl Browser {
     }
 }
 
-/// Replies to this client's RPC calls, from every responder.
+/// What reaches a client's reply side: a reply, or one of its requests that the broker
+/// returned (published mandatory and routed to no queue).
 #[derive(Debug)]
-pub(crate) enum ReplyConsumer {
-    /// Fed by the reply consumer of the current connection (re-subscribed on a new one).
-    Amqp(tokio::sync::mpsc::UnboundedReceiver<Message>),
-    Memory(tokio::sync::mpsc::UnboundedReceiver<Message>),
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a reply is the common case: boxing it would allocate once more per reply"
+)]
+pub(crate) enum ReplyEvent {
+    /// A message published to this client's direct reply-to address.
+    Reply(Message),
+    /// The request with this correlation id was returned: nobody consumes its topic.
+    Returned {
+        /// The returned request's `correlation_id`.
+        correlation_id: String,
+    },
 }
 
-impl ReplyConsumer {
-    pub(crate) async fn next(&mut self) -> Option<Message> {
-        match self {
-            ReplyConsumer::Amqp(r) | ReplyConsumer::Memory(r) => r.recv().await,
-        }
+/// Where a connection hands every [`ReplyEvent`], on the task that received it (no channel hop,
+/// no task of its own).
+#[derive(Clone)]
+pub(crate) struct ReplySink(std::sync::Arc<dyn Fn(ReplyEvent) -> bool + Send + Sync>);
+
+impl ReplySink {
+    /// A sink calling `f`, which answers `false` once nobody listens any more (the client is
+    /// gone).
+    pub(crate) fn new(f: impl Fn(ReplyEvent) -> bool + Send + Sync + 'static) -> Self {
+        ReplySink(std::sync::Arc::new(f))
+    }
+
+    /// Hands `e` over; `false` when nobody listens any more.
+    pub(crate) fn send(&self, e: ReplyEvent) -> bool {
+        (self.0)(e)
+    }
+}
+
+impl std::fmt::Debug for ReplySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplySink")
     }
 }
 
@@ -278,11 +303,30 @@ impl Broker {
         }
     }
 
-    /// Starts the reply consumer of this connection; returns the `reply_to` address to use.
-    pub(crate) async fn reply_consumer(&self) -> Result<(String, ReplyConsumer), BrokerError> {
+    /// Starts the reply consumer of this connection, which hands every reply to `sink`; returns
+    /// the `reply_to` address to use.
+    pub(crate) async fn reply_consumer(&self, sink: ReplySink) -> Result<String, BrokerError> {
         match self {
-            Broker::Amqp(b) => b.reply_consumer().await,
-            Broker::Memory(b) => Ok(b.reply_consumer()),
+            Broker::Amqp(b) => b.reply_consumer(sink).await,
+            Broker::Memory(b) => Ok(b.reply_consumer(sink)),
+        }
+    }
+
+    /// Publishes an RPC request (mandatory, with a `correlation_id` and the `reply_to` of
+    /// [`Broker::reply_consumer`]) and waits for the broker's confirm.
+    ///
+    /// [`Confirm::Returned`] means this request was returned. On RabbitMQ, requests share the
+    /// publish channel, pipelined: a request's return can come back with another publish's
+    /// confirm, in which case it reaches the reply sink as [`ReplyEvent::Returned`] instead
+    /// (the caller waits on its pending call for both).
+    pub(crate) async fn publish_request(
+        &self,
+        exchange: &str,
+        msg: Message,
+    ) -> Result<Confirm, BrokerError> {
+        match self {
+            Broker::Amqp(b) => b.publish_request(exchange, &msg).await,
+            Broker::Memory(b) => b.publish_owned(exchange, msg, true),
         }
     }
 
