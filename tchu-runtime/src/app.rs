@@ -647,58 +647,6 @@ impl Running {
     }
 }
 
-/// A first poll longer than this (a handler computing without waiting) turns inline polls off.
-const LONG_FIRST_POLL: Duration = Duration::from_micros(500);
-/// How many deliveries go to tasks of their own at once after a long first poll.
-const SPAWN_AFTER_LONG_POLL: u32 = 256;
-
-/// Whether the consume loop polls the next delivery once itself before it spawns it.
-///
-/// A handler that finishes without waiting (most of the time, or up to its first await) then
-/// costs no task and no wake-up of another worker: measured on the split e2e benchmark, the
-/// service's CPU per event went from 23.2 to 20.2 µs (medians of 3 alternating rounds,
-/// `tchu-bench all --only e2e --layout split`). But while the loop polls, it takes no further
-/// delivery, so a handler that computes for long before its first await would run one at a
-/// time on one worker: on a multi-thread runtime, a first poll longer than
-/// [`LONG_FIRST_POLL`] sends the next [`SPAWN_AFTER_LONG_POLL`] deliveries to tasks of their
-/// own at once, where they run on every worker. On a current-thread runtime, or with one
-/// delivery at a time, nothing runs in parallel anyway: always inline, and not timed.
-#[derive(Debug)]
-struct InlinePolls {
-    always: bool,
-    spawn_next: u32,
-}
-
-impl InlinePolls {
-    fn new(always: bool) -> Self {
-        InlinePolls {
-            always,
-            spawn_next: 0,
-        }
-    }
-
-    /// Whether to poll the next delivery inline.
-    fn next(&mut self) -> bool {
-        if self.always || self.spawn_next == 0 {
-            return true;
-        }
-        self.spawn_next -= 1;
-        false
-    }
-
-    /// Whether the first poll is to be timed ([`InlinePolls::took`]).
-    fn timed(&self) -> bool {
-        !self.always
-    }
-
-    /// The first poll took `d`.
-    fn took(&mut self, d: Duration) {
-        if !self.always && d > LONG_FIRST_POLL {
-            self.spawn_next = SPAWN_AFTER_LONG_POLL;
-        }
-    }
-}
-
 /// Polls `work` once with the calling task's context: `Ok(true)` when it finished, `Ok(false)`
 /// when it waits (its wakers are registered again by its next poll, in whichever task), the
 /// panic's text when it panicked (it must not be polled again).
@@ -774,12 +722,13 @@ async fn consume_loop(
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut inflight = JoinSet::new();
-    // Deliveries are polled once in this task before any is spawned (see `InlinePolls`).
-    let mut inline = InlinePolls::new(
-        concurrency == 1
-            || tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::CurrentThread,
-    );
+    // Deliveries are polled once in this task before any is spawned when that cannot take
+    // parallelism away: on a current-thread runtime, or when one delivery runs at a time.
+    // On a multi-thread runtime with more, each goes to its own task at once, so that
+    // handlers that compute without waiting still run on several workers.
+    let inline = concurrency == 1
+        || tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread;
     let broker = dispatcher.client.broker().clone();
     let batched = true; // both brokers acknowledge with `multiple`
     let (mut settler, mut settler_task) = Settler::start(batched);
@@ -836,13 +785,8 @@ async fn consume_loop(
                 // several times (measured by tchu-bench's permsg: +116k instructions of
                 // memcpy per delivery unboxed).
                 let mut work = Box::pin(dispatcher.accept(d, &mut settler));
-                let waits = if inline.next() {
-                    let started = inline.timed().then(std::time::Instant::now);
-                    let polled = poll_once(work.as_mut()).await;
-                    if let Some(started) = started {
-                        inline.took(started.elapsed());
-                    }
-                    match polled {
+                let waits = if inline {
+                    match poll_once(work.as_mut()).await {
                         // Done on its first poll (a handler that did not wait): no task.
                         Ok(done) => !done,
                         // A panic outside the handlers' own boundary (a bug in tchu), as a
@@ -984,81 +928,6 @@ mod tests {
             }
             reply.acker.ack().await.expect("ack");
         }
-        running.shutdown().await;
-    }
-
-    #[test]
-    fn a_long_first_poll_sends_the_next_deliveries_to_tasks() {
-        let mut p = InlinePolls::new(false);
-        assert!(p.next() && p.timed());
-        p.took(Duration::from_micros(20));
-        assert!(p.next(), "short polls stay inline");
-        p.took(LONG_FIRST_POLL * 2);
-        for _ in 0..SPAWN_AFTER_LONG_POLL {
-            assert!(!p.next());
-        }
-        assert!(p.next(), "then inline again, and timed");
-        let mut always = InlinePolls::new(true);
-        always.took(LONG_FIRST_POLL * 2);
-        assert!(always.next() && !always.timed());
-    }
-
-    /// Handlers that compute without ever waiting still run on several workers at once on a
-    /// multi-thread runtime, although the consume loop polls deliveries inline first.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn handlers_that_compute_without_waiting_run_in_parallel() {
-        use std::sync::atomic::AtomicUsize;
-        const N: usize = 12;
-        let broker = MemoryBroker::new();
-        let running_now = Arc::new(AtomicUsize::new(0));
-        let most = Arc::new(AtomicUsize::new(0));
-        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
-        let (now, top) = (Arc::clone(&running_now), Arc::clone(&most));
-        let running = App::new(Config::memory())
-            .broker(&broker)
-            .service("t.parallel")
-            .only_module("none")
-            .concurrency(8)
-            .subscribe(
-                "cpu.work",
-                "work",
-                move |_d: Arc<crate::handler::Delivery>| {
-                    let (now, top, done_tx) = (Arc::clone(&now), Arc::clone(&top), done_tx.clone());
-                    async move {
-                        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                        top.fetch_max(n, Ordering::SeqCst);
-                        // 20 ms of computing, never yielding.
-                        let until = std::time::Instant::now() + Duration::from_millis(20);
-                        while std::time::Instant::now() < until {
-                            std::hint::spin_loop();
-                        }
-                        now.fetch_sub(1, Ordering::SeqCst);
-                        let _ = done_tx.send(());
-                        Ok::<(), std::convert::Infallible>(())
-                    }
-                },
-            )
-            .start()
-            .await
-            .expect("start");
-        let client = running.client().clone();
-        for i in 0..N {
-            client
-                .publish("cpu.work", &serde_json::json!({ "i": i }))
-                .await
-                .expect("publish");
-        }
-        for _ in 0..N {
-            tokio::time::timeout(Duration::from_secs(20), done.recv())
-                .await
-                .expect("every handler runs within 20 s")
-                .expect("handler done");
-        }
-        assert!(
-            most.load(Ordering::SeqCst) >= 2,
-            "at most {} handler(s) ran at once",
-            most.load(Ordering::SeqCst)
-        );
         running.shutdown().await;
     }
 
