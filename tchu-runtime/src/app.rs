@@ -411,7 +411,8 @@ impl App {
                 state.insert(self.contexts);
             }
             let dispatcher = Arc::new(Dispatcher {
-                handler_labels: crate::dispatch::handler_labels(&registry),
+                handler_meters: crate::dispatch::handler_meters(&registry),
+                received: crate::telemetry::TopicCounters::new(crate::telemetry::RECEIVED_TOTAL),
                 registry: Arc::new(registry),
                 client: client.clone(),
                 queue: service.clone(),

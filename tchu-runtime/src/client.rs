@@ -17,6 +17,7 @@ use crate::error::{BrokerError, CallError, ConfigError, Error, PublishError};
 use crate::event::Event;
 use crate::message::Message;
 use crate::rpc::{Answer, Rpc};
+use crate::telemetry::PublishMeters;
 use crate::tls::TlsConfig;
 use crate::topic::check_topic;
 use crate::trace;
@@ -48,6 +49,8 @@ struct Inner {
     broker: Broker,
     config: Config,
     rpc: tokio::sync::OnceCell<Rpc>,
+    /// The publish metrics' handles (registered once per topic).
+    meters: PublishMeters,
 }
 
 /// A connection to the broker for publishing and calling. Cheap to clone.
@@ -66,12 +69,16 @@ impl fmt::Debug for Client {
 }
 
 /// A publish's outcome as the publisher sees it: counted, a nack an error.
-fn confirmed(topic: &str, c: Result<Confirm, BrokerError>) -> Result<Confirm, PublishError> {
+fn confirmed(
+    meters: &PublishMeters,
+    topic: &str,
+    c: Result<Confirm, BrokerError>,
+) -> Result<Confirm, PublishError> {
     let c = c.map_err(|source| PublishError::Broker {
         topic: topic.to_owned(),
         source,
     })?;
-    crate::telemetry::published(topic, c == Confirm::Ack);
+    meters.published(topic, c == Confirm::Ack);
     if c == Confirm::Nack {
         return Err(PublishError::Nacked {
             topic: topic.to_owned(),
@@ -162,6 +169,7 @@ impl Client {
                 broker,
                 config,
                 rpc: tokio::sync::OnceCell::new(),
+                meters: PublishMeters::default(),
             }),
         })
     }
@@ -277,7 +285,7 @@ impl Client {
             .broker
             .publish_owned(&self.inner.config.exchange, msg, mandatory)
             .await;
-        confirmed(topic, c)
+        confirmed(&self.inner.meters, topic, c)
     }
 
     /// Publishes an RPC request (see [`Broker::publish_request`]) and waits for the confirm.
@@ -287,7 +295,7 @@ impl Client {
             .broker
             .publish_request(&self.inner.config.exchange, msg)
             .await;
-        confirmed(topic, c)
+        confirmed(&self.inner.meters, topic, c)
     }
 
     /// Sends a typed request and waits for its typed reply.

@@ -134,16 +134,18 @@ pub(crate) struct Dispatcher {
     pub(crate) stats: Arc<Stats>,
     /// Where a delivery no local handler matches goes (ops: topology.rs, rolling deploys).
     pub(crate) topology: crate::topology::Topology,
-    /// Each registry entry's id as a metric label, by entry index (made once, shared by runs).
-    pub(crate) handler_labels: Vec<metrics::SharedString>,
+    /// Each registry entry's metrics, by entry index (registered once, shared by runs).
+    pub(crate) handler_meters: Vec<telemetry::HandlerMeters>,
+    /// Deliveries received, by topic.
+    pub(crate) received: telemetry::TopicCounters,
 }
 
-/// The metric labels of `registry`'s handlers, by entry index ([`Dispatcher::handler_labels`]).
-pub(crate) fn handler_labels(registry: &Registry) -> Vec<metrics::SharedString> {
+/// The metrics of `registry`'s handlers, by entry index ([`Dispatcher::handler_meters`]).
+pub(crate) fn handler_meters(registry: &Registry) -> Vec<telemetry::HandlerMeters> {
     registry
         .entries()
         .iter()
-        .map(|e| telemetry::handler_label(&e.id))
+        .map(|e| telemetry::HandlerMeters::new(&e.id))
         .collect()
 }
 
@@ -550,7 +552,7 @@ impl Dispatcher {
                 span.record("parent_span_id", p.span_id().as_str());
             }
         }
-        telemetry::received(&message.routing_key);
+        self.received.increment(&message.routing_key);
 
         let decoded = match wire::payload::decode(&message, self.limits) {
             Ok(d) => d,
@@ -672,7 +674,7 @@ impl Dispatcher {
                 join_all(entries.iter().zip(&idx).map(|(e, &i)| {
                     self.run_handler(
                         e,
-                        self.handler_labels.get(i),
+                        self.handler_meters.get(i),
                         &delivery,
                         &ctx,
                         history.attempt,
@@ -986,7 +988,7 @@ impl Dispatcher {
     async fn run_handler(
         &self,
         e: &HandlerEntry,
-        label: Option<&metrics::SharedString>,
+        meters: Option<&telemetry::HandlerMeters>,
         delivery: &Arc<Delivery>,
         ctx: &TraceContext,
         attempt: u32,
@@ -1025,13 +1027,11 @@ impl Dispatcher {
             Err(_) => Err(Failure::TimedOut(limit)),
         };
         span.record("outcome", if outcome.is_ok() { "ok" } else { "failed" });
-        match label {
-            Some(label) => telemetry::handled(label, outcome.is_ok(), started.elapsed()),
-            None => telemetry::handled(
-                &telemetry::handler_label(&e.id),
-                outcome.is_ok(),
-                started.elapsed(),
-            ),
+        match meters {
+            Some(m) => m.handled(outcome.is_ok(), started.elapsed()),
+            None => {
+                telemetry::HandlerMeters::new(&e.id).handled(outcome.is_ok(), started.elapsed())
+            }
         }
         outcome
     }

@@ -7,6 +7,8 @@
 //! Logs go through [`tracing`]. When the process has no subscriber, [`App::run`](crate::App::run)
 //! and [`run`](crate::run) install a readable one ([`init_default_logs`]).
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
 /// Counter: messages handed to the broker, by `topic` (events and RPC requests).
@@ -29,30 +31,163 @@ pub const RPC_DURATION_SECONDS: &str = "tchu_rpc_duration_seconds";
 /// Gauge: 1 while the broker connection is up, 0 while it is down.
 pub const CONNECTED: &str = "tchu_connected";
 
-pub(crate) fn published(topic: &str, confirmed: bool) {
-    metrics::counter!(PUBLISHED_TOTAL, "topic" => topic.to_owned()).increment(1);
-    if confirmed {
-        metrics::counter!(CONFIRMED_TOTAL).increment(1);
+/// Which recorder `metrics` would hand a metric to now: a local one inside
+/// `metrics::with_local_recorder`, else the global one once installed, else its no-op one
+/// (told apart by address). A handle registered with one recorder is valid while it stays the
+/// current one.
+fn recorder_id() -> usize {
+    metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
+}
+
+/// The most topics one [`TopicCounters`] keeps handles for; others are registered per use.
+const MAX_CACHED_TOPICS: usize = 1024;
+
+/// One counter by `topic`, its handle registered once per topic and used again while the
+/// recorder stays the same (registering builds the key and its labels, allocating, even for
+/// the no-op recorder: about 750 instructions per message, measured with `permsg`). When
+/// another recorder becomes current (one installed after the first message), the handles are
+/// registered again with it.
+#[derive(Debug)]
+pub(crate) struct TopicCounters {
+    name: &'static str,
+    handles: RwLock<Handles<HashMap<Box<str>, metrics::Counter>>>,
+}
+
+/// Handles and the recorder they were registered with.
+#[derive(Debug, Default)]
+struct Handles<T> {
+    recorder: usize,
+    handles: T,
+}
+
+impl TopicCounters {
+    pub(crate) fn new(name: &'static str) -> Self {
+        TopicCounters {
+            name,
+            handles: RwLock::new(Handles {
+                recorder: recorder_id(),
+                handles: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Adds one for `topic`.
+    pub(crate) fn increment(&self, topic: &str) {
+        let now = recorder_id();
+        if let Ok(g) = self.handles.read()
+            && g.recorder == now
+            && let Some(c) = g.handles.get(topic)
+        {
+            c.increment(1);
+            return;
+        }
+        let c = metrics::counter!(self.name, "topic" => topic.to_owned());
+        c.increment(1);
+        if let Ok(mut g) = self.handles.write() {
+            if g.recorder != now {
+                g.recorder = now;
+                g.handles.clear();
+            }
+            if g.handles.len() < MAX_CACHED_TOPICS {
+                g.handles.insert(topic.into(), c);
+            }
+        }
     }
 }
 
-pub(crate) fn received(topic: &str) {
-    metrics::counter!(RECEIVED_TOTAL, "topic" => topic.to_owned()).increment(1);
+/// A client's publish counters: [`PUBLISHED_TOTAL`] by topic and [`CONFIRMED_TOTAL`].
+#[derive(Debug)]
+pub(crate) struct PublishMeters {
+    published: TopicCounters,
+    confirmed: RwLock<Handles<Option<metrics::Counter>>>,
 }
 
-/// A handler id as a metric label, made once per handler (see [`handled`]).
-pub(crate) fn handler_label(handler: &str) -> metrics::SharedString {
-    metrics::SharedString::from(std::sync::Arc::<str>::from(handler))
+impl Default for PublishMeters {
+    fn default() -> Self {
+        PublishMeters {
+            published: TopicCounters::new(PUBLISHED_TOTAL),
+            confirmed: RwLock::default(),
+        }
+    }
 }
 
-/// One handler run. `handler` comes from [`handler_label`]: cloning it shares the text, so the
-/// labels cost no copy of the id per run (`metrics` builds them before it calls the recorder,
-/// even the no-op one).
-pub(crate) fn handled(handler: &metrics::SharedString, ok: bool, took: Duration) {
-    let outcome = if ok { "ok" } else { "failed" };
-    metrics::counter!(HANDLED_TOTAL, "handler" => handler.clone(), "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!(HANDLER_DURATION_SECONDS, "handler" => handler.clone()).record(took);
+impl PublishMeters {
+    /// One publish to `topic`, confirmed (acked) or not.
+    pub(crate) fn published(&self, topic: &str, confirmed: bool) {
+        self.published.increment(topic);
+        if confirmed {
+            with_cached(
+                &self.confirmed,
+                || metrics::counter!(CONFIRMED_TOTAL),
+                |c| c.increment(1),
+            );
+        }
+    }
+}
+
+/// Runs `use_it` with the handle in `slot` if it was registered with the current recorder,
+/// else with a new one (kept for the next call).
+fn with_cached<H>(
+    slot: &RwLock<Handles<Option<H>>>,
+    register: impl FnOnce() -> H,
+    use_it: impl FnOnce(&H),
+) {
+    let now = recorder_id();
+    if let Ok(g) = slot.read()
+        && g.recorder == now
+        && let Some(h) = &g.handles
+    {
+        use_it(h);
+        return;
+    }
+    let h = register();
+    use_it(&h);
+    if let Ok(mut g) = slot.write() {
+        *g = Handles {
+            recorder: now,
+            handles: Some(h),
+        };
+    }
+}
+
+/// One handler's metrics: [`HANDLED_TOTAL`] by outcome and [`HANDLER_DURATION_SECONDS`],
+/// labelled with its id; handles registered once, as for [`TopicCounters`].
+#[derive(Debug)]
+pub(crate) struct HandlerMeters {
+    handler: metrics::SharedString,
+    handles: RwLock<Handles<Option<HandlerHandles>>>,
+}
+
+#[derive(Debug)]
+struct HandlerHandles {
+    ok: metrics::Counter,
+    failed: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl HandlerMeters {
+    pub(crate) fn new(handler: &str) -> Self {
+        HandlerMeters {
+            handler: metrics::SharedString::from(std::sync::Arc::<str>::from(handler)),
+            handles: RwLock::default(),
+        }
+    }
+
+    /// One run of the handler.
+    pub(crate) fn handled(&self, ok: bool, took: Duration) {
+        let register = || {
+            let handler = &self.handler;
+            HandlerHandles {
+                ok: metrics::counter!(HANDLED_TOTAL, "handler" => handler.clone(), "outcome" => "ok"),
+                failed: metrics::counter!(HANDLED_TOTAL, "handler" => handler.clone(), "outcome" => "failed"),
+                duration: metrics::histogram!(HANDLER_DURATION_SECONDS, "handler" => handler.clone()),
+            }
+        };
+        with_cached(&self.handles, register, |h| {
+            if ok { &h.ok } else { &h.failed }.increment(1);
+            h.duration.record(took);
+        });
+    }
 }
 
 pub(crate) fn retried(handler: &str) {
@@ -158,4 +293,169 @@ pub fn init_default_logs() -> bool {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .finish();
     tracing::subscriber::set_global_default(subscriber).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+        SharedString, Unit,
+    };
+
+    use super::*;
+
+    /// Counts per key, and how many times each key was registered.
+    #[derive(Debug, Default)]
+    struct Counting {
+        values: Mutex<BTreeMap<String, Arc<Cell>>>,
+        registered: Mutex<BTreeMap<String, u64>>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Cell(AtomicU64);
+
+    impl CounterFn for Cell {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::Relaxed);
+        }
+    }
+
+    impl HistogramFn for Cell {
+        fn record(&self, _: f64) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl Counting {
+        fn cell(&self, key: &Key) -> Arc<Cell> {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = if labels.is_empty() {
+                key.name().to_owned()
+            } else {
+                format!("{}{{{}}}", key.name(), labels.join(", "))
+            };
+            *self
+                .registered
+                .lock()
+                .expect("lock")
+                .entry(name.clone())
+                .or_default() += 1;
+            Arc::clone(self.values.lock().expect("lock").entry(name).or_default())
+        }
+
+        /// The value of `key` (`name{label=value, ...}`) and how many times it was registered.
+        fn get(&self, key: &str) -> (u64, u64) {
+            let v = self
+                .values
+                .lock()
+                .expect("lock")
+                .get(key)
+                .map_or(0, |c| c.0.load(Ordering::Relaxed));
+            let r = self
+                .registered
+                .lock()
+                .expect("lock")
+                .get(key)
+                .copied()
+                .unwrap_or(0);
+            (v, r)
+        }
+    }
+
+    impl Recorder for Counting {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.cell(key))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(self.cell(key))
+        }
+    }
+
+    /// Handles are registered once per topic and recorder; a recorder that becomes current
+    /// later (installed after the first messages) gets every later count, none is lost to the
+    /// handles of the one before.
+    #[test]
+    fn cached_handles_follow_the_current_recorder() {
+        let received = TopicCounters::new(RECEIVED_TOTAL);
+        let publish = PublishMeters::default();
+        let handler = HandlerMeters::new("svc.on_order");
+        let key = |topic: &str| format!("{RECEIVED_TOTAL}{{topic={topic}}}");
+        // No recorder yet: counted nowhere, and no panic.
+        received.increment("a.b");
+        handler.handled(true, Duration::from_millis(1));
+
+        let first = Counting::default();
+        metrics::with_local_recorder(&first, || {
+            for _ in 0..3 {
+                received.increment("a.b");
+            }
+            received.increment("a.c");
+            publish.published("a.b", true);
+            publish.published("a.b", false);
+            handler.handled(true, Duration::from_millis(1));
+            handler.handled(false, Duration::from_millis(1));
+            handler.handled(true, Duration::from_millis(1));
+        });
+        assert_eq!(first.get(&key("a.b")), (3, 1), "3 counts, one registration");
+        assert_eq!(first.get(&key("a.c")), (1, 1));
+        assert_eq!(
+            first.get(&format!("{PUBLISHED_TOTAL}{{topic=a.b}}")),
+            (2, 1)
+        );
+        assert_eq!(first.get(CONFIRMED_TOTAL), (1, 1));
+        assert_eq!(
+            first.get(&format!(
+                "{HANDLED_TOTAL}{{handler=svc.on_order, outcome=ok}}"
+            )),
+            (2, 1)
+        );
+        assert_eq!(
+            first.get(&format!(
+                "{HANDLED_TOTAL}{{handler=svc.on_order, outcome=failed}}"
+            )),
+            (1, 1)
+        );
+        assert_eq!(
+            first.get(&format!(
+                "{HANDLER_DURATION_SECONDS}{{handler=svc.on_order}}"
+            )),
+            (3, 1)
+        );
+
+        let second = Counting::default();
+        metrics::with_local_recorder(&second, || {
+            received.increment("a.b");
+            publish.published("a.b", true);
+            handler.handled(true, Duration::from_millis(1));
+        });
+        assert_eq!(second.get(&key("a.b")), (1, 1));
+        assert_eq!(second.get(CONFIRMED_TOTAL), (1, 1));
+        assert_eq!(
+            second.get(&format!(
+                "{HANDLED_TOTAL}{{handler=svc.on_order, outcome=ok}}"
+            )),
+            (1, 1)
+        );
+        assert_eq!(
+            first.get(&key("a.b")),
+            (3, 1),
+            "nothing went to the old recorder"
+        );
+    }
 }
