@@ -244,6 +244,16 @@ mod prometheus {
         assert!(body.contains("tchu_received_total"), "{body}");
         assert!(body.contains("tchu_connected 1"), "{body}");
         assert!(body.contains("tchu_confirmed_total"), "{body}");
+        // The handler's handles (registered once, after the recorder was installed).
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with("tchu_handled_total{") && l.contains(r#"outcome="ok""#)),
+            "{body}"
+        );
+        assert!(
+            body.contains("tchu_handler_duration_seconds_count{"),
+            "{body}"
+        );
 
         let (code, body) = get(addr, "/healthz").await;
         assert_eq!(code, 200, "{body}");
