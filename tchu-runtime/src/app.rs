@@ -413,6 +413,7 @@ impl App {
             let dispatcher = Arc::new(Dispatcher {
                 handler_meters: crate::dispatch::handler_meters(&registry),
                 received: crate::telemetry::TopicCounters::new(crate::telemetry::RECEIVED_TOTAL),
+                matches: crate::registry::MatchCache::default(),
                 registry: Arc::new(registry),
                 client: client.clone(),
                 queue: service.clone(),

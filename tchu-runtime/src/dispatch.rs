@@ -138,6 +138,8 @@ pub(crate) struct Dispatcher {
     pub(crate) handler_meters: Vec<telemetry::HandlerMeters>,
     /// Deliveries received, by topic.
     pub(crate) received: telemetry::TopicCounters,
+    /// The registry's handlers by topic, remembered.
+    pub(crate) matches: crate::registry::MatchCache,
 }
 
 /// The metrics of `registry`'s handlers, by entry index ([`Dispatcher::handler_meters`]).
@@ -595,9 +597,13 @@ impl Dispatcher {
             .correlation_id
             .clone()
             .or_else(|| decoded.message_id.clone());
-        let mut idx = self.registry.matching(&decoded.topic);
+        let mut idx = self.matches.matching(&self.registry, &decoded.topic);
         if let Some(only) = &history.only {
-            idx.retain(|&i| only.contains(&self.registry.entries()[i].id));
+            idx = idx
+                .iter()
+                .copied()
+                .filter(|&i| only.contains(&self.registry.entries()[i].id))
+                .collect();
         }
         if idx.is_empty() {
             let received = Received {
@@ -671,7 +677,7 @@ impl Dispatcher {
         };
         let outcomes = match self.check_context(&delivery) {
             ContextCheck::Passed => {
-                join_all(entries.iter().zip(&idx).map(|(e, &i)| {
+                join_all(entries.iter().zip(idx.iter()).map(|(e, &i)| {
                     self.run_handler(
                         e,
                         self.handler_meters.get(i),
