@@ -34,7 +34,9 @@ pub const CONNECTED: &str = "tchu_connected";
 /// Which recorder `metrics` would hand a metric to now: a local one inside
 /// `metrics::with_local_recorder`, else the global one once installed, else its no-op one
 /// (told apart by address). A handle registered with one recorder is valid while it stays the
-/// current one.
+/// current one. The global recorder lives for the whole process; a local recorder dropped and
+/// another made at the same address would be taken for the same one, so code that swaps local
+/// recorders (tests) keeps each alive while it is used, as this module's test does.
 fn recorder_id() -> usize {
     metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
 }
