@@ -3,14 +3,14 @@
 //! the subscriptions once into a validated, sorted snapshot, and [`crate::catalog`] reads both
 //! for documentation (AsyncAPI).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::handler::{Delivery, Outcome};
 use crate::retry::RetryPolicy;
-use crate::topic::{Pattern, TopicTrie};
+use crate::topic::{Pattern, TopicCache, TopicTrie};
 
 /// A boxed handler future.
 pub type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
@@ -223,32 +223,19 @@ impl Registry {
     }
 }
 
-/// The most topics a [`MatchCache`] remembers; others are matched each time.
-const MAX_CACHED_TOPICS: usize = 1024;
-
 /// [`Registry::matching`] remembered by topic, for one registry: a service receives the same
 /// few topics again and again, and walking the trie costs about 1,600 instructions and an
 /// allocation per delivery (measured with `permsg`), a lookup here about a tenth of that.
 #[derive(Debug, Default)]
 pub(crate) struct MatchCache {
-    topics: RwLock<HashMap<Box<str>, Arc<[usize]>>>,
+    topics: TopicCache<Arc<[usize]>>,
 }
 
 impl MatchCache {
     /// [`Registry::matching`] of `topic` in `registry` (always the same registry).
     pub(crate) fn matching(&self, registry: &Registry, topic: &str) -> Arc<[usize]> {
-        if let Ok(g) = self.topics.read()
-            && let Some(m) = g.get(topic)
-        {
-            return Arc::clone(m);
-        }
-        let m: Arc<[usize]> = registry.matching(topic).into();
-        if let Ok(mut g) = self.topics.write()
-            && g.len() < MAX_CACHED_TOPICS
-        {
-            g.insert(topic.into(), Arc::clone(&m));
-        }
-        m
+        self.topics
+            .get_or_insert_with(0, topic, || registry.matching(topic).into())
     }
 }
 
@@ -284,7 +271,7 @@ mod tests {
             .iter()
             .map(|t| (*t).to_owned())
             .collect();
-        topics.extend((0..MAX_CACHED_TOPICS + 10).map(|i| format!("t{i}.created")));
+        topics.extend((0..crate::topic::MAX_CACHED_TOPICS + 10).map(|i| format!("t{i}.created")));
         for round in 0..2 {
             for t in &topics {
                 assert_eq!(
@@ -294,6 +281,6 @@ mod tests {
                 );
             }
         }
-        assert_eq!(cache.topics.read().expect("lock").len(), MAX_CACHED_TOPICS);
+        assert_eq!(cache.topics.len(), crate::topic::MAX_CACHED_TOPICS);
     }
 }

@@ -7,9 +7,10 @@
 //! Logs go through [`tracing`]. When the process has no subscriber, [`App::run`](crate::App::run)
 //! and [`run`](crate::run) install a readable one ([`init_default_logs`]).
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
+
+use crate::topic::TopicCache;
 
 /// Counter: messages handed to the broker, by `topic` (events and RPC requests).
 pub const PUBLISHED_TOTAL: &str = "tchu_published_total";
@@ -41,9 +42,6 @@ fn recorder_id() -> usize {
     metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
 }
 
-/// The most topics one [`TopicCounters`] keeps handles for; others are registered per use.
-const MAX_CACHED_TOPICS: usize = 1024;
-
 /// One counter by `topic`, its handle registered once per topic and used again while the
 /// recorder stays the same (registering builds the key and its labels, allocating, even for
 /// the no-op recorder: about 750 instructions per message, measured with `permsg`). When
@@ -52,7 +50,7 @@ const MAX_CACHED_TOPICS: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct TopicCounters {
     name: &'static str,
-    handles: RwLock<Handles<HashMap<Box<str>, metrics::Counter>>>,
+    handles: TopicCache<metrics::Counter>,
 }
 
 /// Handles and the recorder they were registered with.
@@ -66,34 +64,19 @@ impl TopicCounters {
     pub(crate) fn new(name: &'static str) -> Self {
         TopicCounters {
             name,
-            handles: RwLock::new(Handles {
-                recorder: recorder_id(),
-                handles: HashMap::new(),
-            }),
+            handles: TopicCache::default(),
         }
     }
 
     /// Adds one for `topic`.
     pub(crate) fn increment(&self, topic: &str) {
-        let now = recorder_id();
-        if let Ok(g) = self.handles.read()
-            && g.recorder == now
-            && let Some(c) = g.handles.get(topic)
-        {
-            c.increment(1);
-            return;
-        }
-        let c = metrics::counter!(self.name, "topic" => topic.to_owned());
-        c.increment(1);
-        if let Ok(mut g) = self.handles.write() {
-            if g.recorder != now {
-                g.recorder = now;
-                g.handles.clear();
-            }
-            if g.handles.len() < MAX_CACHED_TOPICS {
-                g.handles.insert(topic.into(), c);
-            }
-        }
+        self.handles
+            .get_or_insert_with(
+                recorder_id(),
+                topic,
+                || metrics::counter!(self.name, "topic" => topic.to_owned()),
+            )
+            .increment(1);
     }
 }
 

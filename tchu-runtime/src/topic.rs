@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::RwLock;
 
 /// The longest routing key AMQP allows, in bytes.
 pub const MAX_TOPIC_LEN: usize = 255;
@@ -311,6 +312,70 @@ pub fn pattern_matches(pattern: &str, key: &str) -> bool {
 
 /// The foundation issue's pattern table: each key with the patterns that match it (the others
 /// must not). Shared by the matcher's and the memory broker's tests.
+/// The most topics one [`TopicCache`] remembers; others are computed on each use.
+pub(crate) const MAX_CACHED_TOPICS: usize = 1024;
+
+/// Values remembered by topic, for per-delivery work on the few topics a process sees again and
+/// again (the handlers a topic matches, a metric's handle). Up to [`MAX_CACHED_TOPICS`]
+/// topics; the others are computed on each use. Each value is kept with a `tag` saying what it
+/// was computed against (which metrics recorder); asked with another tag, the cache forgets
+/// everything and starts again under the new one.
+#[derive(Debug)]
+pub(crate) struct TopicCache<V> {
+    entries: RwLock<Tagged<V>>,
+}
+
+impl<V> Default for TopicCache<V> {
+    fn default() -> Self {
+        TopicCache {
+            entries: RwLock::new(Tagged {
+                tag: 0,
+                values: HashMap::new(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Tagged<V> {
+    tag: usize,
+    values: HashMap<Box<str>, V>,
+}
+
+impl<V: Clone> TopicCache<V> {
+    /// The value of `topic` under `tag`: remembered, or made by `make` (and remembered).
+    pub(crate) fn get_or_insert_with(
+        &self,
+        tag: usize,
+        topic: &str,
+        make: impl FnOnce() -> V,
+    ) -> V {
+        if let Ok(g) = self.entries.read()
+            && g.tag == tag
+            && let Some(v) = g.values.get(topic)
+        {
+            return v.clone();
+        }
+        let v = make();
+        if let Ok(mut g) = self.entries.write() {
+            if g.tag != tag {
+                g.tag = tag;
+                g.values.clear();
+            }
+            if g.values.len() < MAX_CACHED_TOPICS {
+                g.values.insert(topic.into(), v.clone());
+            }
+        }
+        v
+    }
+
+    /// How many topics are remembered (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.read().map_or(0, |g| g.values.len())
+    }
+}
+
 #[cfg(test)]
 pub(crate) const PATTERNS: [&str; 5] = ["user.created", "user.*", "user.#", "*.created", "#"];
 
